@@ -1,0 +1,39 @@
+# Two commands: `make demo` (the main job) and `make test` (the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch / torchvision: on our machines pip takes these from local disk; override on others.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev,train,embed,keops
+DATA_ROOT ?= ../shared/data
+
+.PHONY: venv install demo test test-all lint bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m torchuot.demo --out outputs/demo
+
+test: $(VENV)/.installed
+	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q
+
+test-all: $(VENV)/.installed
+	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q -m "not gpu"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_sinkhorn.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
