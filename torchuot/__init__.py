@@ -1,0 +1,30 @@
+"""torchuot: differentiable unbalanced optimal transport layers for PyTorch."""
+
+from .costs import CallableCost, Cost, HKConeCost, PowerCost, SquaredEuclidean
+from .divergence import hk_distance, sinkhorn_divergence
+from .losses import HKLoss, SinkhornDivergence, UnbalancedSinkhornLoss
+from .penalties import KL, TV, Balanced, Penalty
+from .result import UOTResult
+from .sinkhorn import epsilon_schedule, sinkhorn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sinkhorn",
+    "sinkhorn_divergence",
+    "hk_distance",
+    "UnbalancedSinkhornLoss",
+    "SinkhornDivergence",
+    "HKLoss",
+    "epsilon_schedule",
+    "UOTResult",
+    "Cost",
+    "SquaredEuclidean",
+    "PowerCost",
+    "HKConeCost",
+    "CallableCost",
+    "Penalty",
+    "KL",
+    "TV",
+    "Balanced",
+]

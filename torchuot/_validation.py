@@ -1,0 +1,111 @@
+"""Input checks at the public boundary. Inner loops trust what passes here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._typing import Tensor
+
+__all__ = ["as_points", "as_weights", "check_pair", "check_positive"]
+
+
+def as_points(x: object, name: str) -> tuple[Tensor, bool]:
+    """Validate a point cloud ``(N, D)`` or ``(B, N, D)``; return ``(B, N, D)`` and ``batched``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, D) or (B, N, D), got {type(x)!r}.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}; "
+            f"convert it with {name}.float() or {name}.double()."
+        )
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            f"{name} must have shape (N, D) or (B, N, D), got {tuple(x.shape)} ({x.dim()} dims)."
+        )
+    batched = x.dim() == 3
+    xb = x if batched else x.unsqueeze(0)
+    if xb.shape[1] == 0:
+        raise ValueError(f"{name} is an empty measure (no points, shape {tuple(x.shape)}).")
+    if xb.shape[2] == 0:
+        raise ValueError(f"{name} has zero feature dimension (shape {tuple(x.shape)}).")
+    if not bool(torch.isfinite(xb).all()):
+        raise ValueError(f"{name} contains NaN or inf coordinates; clean or drop those points.")
+    return xb, batched
+
+
+def as_weights(a: object | None, x: Tensor, name: str, xname: str) -> Tensor:
+    """Validate weights for points ``x: (B, N, D)``; ``None`` gives uniform weights ``1/N``.
+
+    Returns ``(B, N)`` weights. Masses need not sum to one but must be positive in total.
+    """
+    B, N = x.shape[0], x.shape[1]
+    if a is None:
+        return torch.full((B, N), 1.0 / N, dtype=x.dtype, device=x.device)
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N,) or (B, N), got {type(a)!r}.")
+    if a.dtype != x.dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but {xname} has dtype {x.dtype}; use one dtype for all inputs."
+        )
+    if a.device != x.device:
+        raise ValueError(
+            f"{name} is on {a.device} but {xname} is on {x.device}; move them to the same device."
+        )
+    ab = a if a.dim() == 2 else a.unsqueeze(0) if a.dim() == 1 else None
+    if ab is None or ab.shape[1] != N or ab.shape[0] != B:
+        raise ValueError(
+            f"{name} must have shape ({N},) or ({B}, {N}) to match {xname} of shape "
+            f"{tuple(x.shape) if B > 1 else tuple(x.shape[1:])}, got {tuple(a.shape)}."
+        )
+    if not bool(torch.isfinite(ab).all()):
+        raise ValueError(f"{name} contains NaN or inf weights; weights must be finite and >= 0.")
+    if bool((ab < 0).any()):
+        raise ValueError(
+            f"{name} contains negative weights (min {float(ab.min()):.3g}); weights must be >= 0."
+        )
+    if bool((ab.sum(-1) <= 0).any()):
+        raise ValueError(
+            f"{name} has zero total mass in at least one batch entry; each measure needs positive mass."
+        )
+    return ab
+
+
+def check_pair(x: Tensor, y: Tensor) -> None:
+    """Batch size, feature dimension, dtype and device must agree between the two clouds."""
+    if x.dtype != y.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but y has dtype {y.dtype}; use one dtype for both.")
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}; move them to the same device.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: x has B={x.shape[0]}, y has B={y.shape[0]}; batched inputs "
+            "must be (B, N, D) and (B, M, D) with the same B."
+        )
+    if x.shape[2] != y.shape[2]:
+        raise ValueError(
+            f"feature dimensions differ: x has D={x.shape[2]}, y has D={y.shape[2]}."
+        )
+
+
+def check_positive(
+    value: object, name: str, *, allow_none: bool = False, allow_inf: bool = False
+) -> float | None:
+    """A strictly positive number (or None / inf where allowed)."""
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} is required.")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}.")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value)!r}.")
+    v = float(value)
+    if math.isnan(v) or v <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+    if math.isinf(v) and not allow_inf:
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    return v

@@ -1,0 +1,198 @@
+"""The typed output of an unbalanced Sinkhorn solve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._typing import Tensor
+from .penalties import Penalty
+
+__all__ = ["UOTResult"]
+
+
+@dataclass(frozen=True)
+class UOTResult:
+    """Output of :func:`torchuot.sinkhorn`.
+
+    Shapes are batched ``(B, ...)`` when the inputs were, unbatched otherwise.
+
+    Attributes:
+        f: ``(B, N)`` source potential (detached).
+        g: ``(B, M)`` target potential (detached).
+        value: ``(B,)`` entropic UOT value ``OT_eps``, differentiable (envelope theorem by
+            default). It is the dual objective at the returned potentials, which equals the
+            primal ``<pi, C> + eps KL(pi | a x b) + D_a(pi 1 | a) + D_b(pi^T 1 | b)`` at
+            convergence (POT's ``reg_type='kl'`` objective).
+        eps: the final entropic regularisation.
+        penalty_a, penalty_b: the marginal penalties of each side.
+        n_iters: Sinkhorn iterations done (annealing stages included).
+        converged: whether the potentials' change fell below the tolerance.
+        backend: name of the backend that computed the soft-mins.
+    """
+
+    f: Tensor
+    g: Tensor
+    value: Tensor
+    eps: float
+    penalty_a: Penalty
+    penalty_b: Penalty
+    n_iters: int
+    converged: bool
+    backend: str
+    batched: bool = True
+    _ops: Any = field(default=None, repr=False, compare=False)
+
+    # --------------------------------------------------------------- helpers
+    def _out(self, t: Tensor) -> Tensor:
+        return t if self.batched else t[0]
+
+    def _fg(self) -> tuple[Tensor, Tensor]:
+        f, g = self.f, self.g
+        if not self.batched:
+            f, g = f.unsqueeze(0), g.unsqueeze(0)
+        return f, g
+
+    @property
+    def a(self) -> Tensor:
+        """Source weights ``(B, N)``."""
+        return self._out(self._ops.a)
+
+    @property
+    def b(self) -> Tensor:
+        """Target weights ``(B, M)``."""
+        return self._out(self._ops.b)
+
+    # --------------------------------------------------------------- plan access
+    def plan(self) -> Tensor:
+        """Dense transport plan ``pi: (B, N, M)``, ``pi_ij = a_i b_j exp((f_i + g_j - C_ij)/eps)``.
+
+        Differentiable through ``C``, ``a``, ``b`` with the potentials held fixed.
+        """
+        f, g = self._fg()
+        return self._out(self._ops.plan(self.eps, f, g))
+
+    def _marginals(self) -> tuple[Tensor, Tensor]:
+        f, g = self._fg()
+        ops, eps = self._ops, self.eps
+        with torch.no_grad():
+            row = ops.a * torch.exp((f - ops.softmin_x_autograd(eps, g)) / eps)
+            col = ops.b * torch.exp((g - ops.softmin_y_autograd(eps, f)) / eps)
+        return row, col
+
+    def marginal(self, axis: int) -> Tensor:
+        """Marginals of the plan: ``axis=1`` sums over targets -> ``(B, N)`` (``pi 1``);
+        ``axis=0`` sums over sources -> ``(B, M)`` (``pi^T 1``)."""
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 (target marginal) or 1 (source marginal), got {axis!r}.")
+        row, col = self._marginals()
+        return self._out(row if axis == 1 else col)
+
+    @property
+    def transported_mass(self) -> Tensor:
+        """Total mass of the plan ``m(pi)`` -> ``(B,)``."""
+        return self._out(self._marginals()[0].sum(-1))
+
+    def marginal_errors(self) -> tuple[Tensor, Tensor]:
+        """L1 distances ``|pi 1 - a|_1`` and ``|pi^T 1 - b|_1`` -> two ``(B,)`` tensors."""
+        row, col = self._marginals()
+        ops = self._ops
+        return (
+            self._out((row - ops.a).abs().sum(-1)),
+            self._out((col - ops.b).abs().sum(-1)),
+        )
+
+    def apply(self, v: Tensor, axis: int = 1) -> Tensor:
+        """Plan-vector product without asking for the plan.
+
+        Args:
+            v: ``axis=1``: ``(B, M)`` or ``(B, M, K)``; ``axis=0``: ``(B, N)`` or ``(B, N, K)``
+                (unbatched shapes when the problem is unbatched).
+            axis: 1 for ``pi @ v``, 0 for ``pi^T @ v``.
+        Returns:
+            ``(B, N[, K])`` for ``axis=1``, ``(B, M[, K])`` for ``axis=0``.
+        """
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 or 1, got {axis!r}.")
+        vb = v if self.batched else v.unsqueeze(0)
+        vec = vb.dim() == 2
+        if vec:
+            vb = vb.unsqueeze(-1)
+        f, g = self._fg()
+        out = self._ops.apply(self.eps, f, g, vb.to(self.f.dtype), axis)
+        return self._out(out.squeeze(-1) if vec else out)
+
+    def barycentric_projection(self, axis: int = 1) -> Tensor:
+        """Barycentric map ``T(x_i) = sum_j pi_ij y_j / sum_j pi_ij`` -> ``(B, N, D)`` (``axis=1``),
+        or the reverse map of the targets -> ``(B, M, D)`` (``axis=0``)."""
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 or 1, got {axis!r}.")
+        ops = self._ops
+        f, g = self._fg()
+        pts = ops.y if axis == 1 else ops.x
+        with torch.no_grad():
+            num = ops.apply(self.eps, f, g, pts.detach(), axis)
+        den = self._marginals()[0 if axis == 1 else 1]
+        return self._out(num / den.clamp_min(torch.finfo(den.dtype).tiny).unsqueeze(-1))
+
+    def sample_pairs(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``k`` index pairs ``(i, j)`` from the normalised plan ``pi / m(pi)``.
+
+        Two-stage sampling (row from the source marginal, then column from that row), so
+        the dense plan is never formed. Returns two ``LongTensor``s of shape ``(B, k)``.
+        """
+        if not isinstance(k, int) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        ops, eps = self._ops, self.eps
+        f, g = self._fg()
+        row, _ = self._marginals()
+        i = torch.multinomial(row, k, replacement=True, generator=generator)
+        rows = ops.plan_rows(eps, f, g, i)  # (B, k, M)
+        B, _, M = rows.shape
+        j = torch.multinomial(rows.reshape(B * k, M), 1, generator=generator).reshape(B, k)
+        return self._out(i), self._out(j)
+
+    # --------------------------------------------------------------- objectives
+    @property
+    def dual(self) -> Tensor:
+        """Dual objective at the returned potentials (detached) -> ``(B,)``."""
+        return self.value.detach()
+
+    @property
+    def primal(self) -> Tensor:
+        """Primal objective of the returned plan -> ``(B,)``:
+        ``<pi, C> + eps KL(pi | a x b) + D_a(pi 1 | a) + D_b(pi^T 1 | b)``.
+
+        Computed from marginals alone (``log pi = log a + log b + (f + g - C)/eps``).
+        Equals :attr:`value` at convergence; the gap is a convergence certificate.
+        """
+        ops, eps = self._ops, self.eps
+        f, g = self._fg()
+        row, col = self._marginals()
+        ma, mb = ops.a.sum(-1), ops.b.sum(-1)
+        with torch.no_grad():
+            lin_ent = (f * row).sum(-1) + (g * col).sum(-1) - eps * row.sum(-1) + eps * ma * mb
+            out = lin_ent + self.penalty_a.primal(row, ops.a) + self.penalty_b.primal(col, ops.b)
+        return self._out(out)
+
+    @property
+    def value_geomloss(self) -> Tensor:
+        """GeomLoss's ``debias=False`` value: ``value + eps * ((m(a) + m(b))/2 - m(a) m(b))``.
+
+        GeomLoss weights its dual terms by ``rho + eps/2`` instead of ``rho`` and drops the
+        entropic mass term ``eps (m(a) m(b) - m(pi))``; at the optimum
+        ``m(pi) = <a, exp(-f/rho)>``, and the two differences add up to this constant.
+        Differentiable like :attr:`value`.
+        """
+        ops = self._ops
+        ma, mb = ops.a.sum(-1), ops.b.sum(-1)
+        v = self.value if self.batched else self.value.unsqueeze(0)
+        return self._out(v + self.eps * ((ma + mb) / 2 - ma * mb))
+
+    def transport_cost(self) -> Tensor:
+        """``<pi, C>`` -> ``(B,)``: the linear part of the objective (POT's ``returnCost='linear'``)."""
+        f, g = self._fg()
+        with torch.no_grad():
+            return self._out(self._ops.transport_cost(self.eps, f, g))

@@ -1,0 +1,385 @@
+"""THE unbalanced Sinkhorn loop (there is one), its epsilon schedule and stopping rule.
+
+Parameter conventions -- one mapping, used by every function of the library:
+
+===================  ==========================  ===========================================
+GeomLoss             OTT-JAX                     POT
+===================  ==========================  ===========================================
+``blur``             ``eps = blur**p``           ``reg = eps``
+``reach``            ``tau = rho / (rho + eps)``  ``reg_m = rho = reach**p``
+``scaling``          (eps-scaling ratio per stage: ``eps_{k+1} = eps_k * scaling**p``)
+===================  ==========================  ===========================================
+
+with ``p`` the cost's exponent (2 for the default ``|x - y|^2 / 2``). ``reach=None``,
+``rho=inf`` or ``tau=1`` is a balanced side.
+
+The loop works on dual potentials in the log domain (Sejourne et al. 2019, Alg. 1; Feydy's
+thesis, Alg. 3.5): ``f <- aprox_a(softmin_x(eps, g))``, ``g <- aprox_b(softmin_y(eps, f))``,
+with epsilon-scaling from the cost's diameter down to the target ``eps`` (one sweep per
+stage), then iterations at the target ``eps`` until the sup-norm change of the potentials is
+below ``tol * eps`` (a relative change of the plan's entries) or the dtype's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from ._typing import Tensor
+from ._validation import as_points, as_weights, check_pair, check_positive
+from .backends import resolve_backend
+from .costs import Cost, CostLike, make_cost
+from .penalties import Penalty, PenaltyLike, make_penalty
+from .result import UOTResult
+
+__all__ = [
+    "sinkhorn",
+    "sinkhorn_loop",
+    "epsilon_schedule",
+    "resolve_eps",
+    "resolve_penalties",
+    "max_diameter",
+    "GRAD_MODES",
+]
+
+GRAD_MODES = ("envelope", "unroll")
+
+
+# ---------------------------------------------------------------------------- parameters
+def resolve_eps(cost: Cost, blur: float | None, eps: float | None) -> float:
+    """``eps`` from exactly one of ``blur`` (GeomLoss, ``eps = blur**p``) or ``eps`` (OTT/POT)."""
+    if blur is not None and eps is not None:
+        raise ValueError("give either blur (GeomLoss convention) or eps (OTT/POT), not both.")
+    if eps is not None:
+        return check_positive(eps, "eps")  # type: ignore[return-value]
+    blur = 0.05 if blur is None else blur
+    blur = check_positive(blur, "blur")
+    return float(blur) ** cost.p  # type: ignore[operator]
+
+
+def _pair(v: object) -> tuple[object, object]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"expected one value or a pair (source, target), got {v!r}.")
+        return v[0], v[1]
+    return v, v
+
+
+def resolve_penalties(
+    cost: Cost,
+    eps: float,
+    *,
+    reach: object = None,
+    rho: object = None,
+    reg_m: object = None,
+    tau_a: float | None = None,
+    tau_b: float | None = None,
+    penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
+) -> tuple[Penalty, Penalty]:
+    """Build the two marginal penalties from any one convention.
+
+    Args:
+        reach: GeomLoss length, ``rho = reach**p``; a float, ``None`` (balanced) or a pair.
+        rho: penalty strength in cost units; a float, ``inf`` or a pair.
+        reg_m: POT's name for ``rho`` (a float or a pair).
+        tau_a, tau_b: OTT's ``tau = rho / (rho + eps)`` in ``(0, 1]``; 1 is balanced.
+        penalty: ``"kl"``, ``"tv"``, ``"balanced"``, a :class:`Penalty`, or a pair of those.
+    """
+    given = [n for n, v in (("reach", reach), ("rho", rho), ("reg_m", reg_m)) if v is not None]
+    if tau_a is not None or tau_b is not None:
+        given.append("tau_a/tau_b")
+    if len(given) > 1:
+        raise ValueError(
+            f"give the marginal penalty strength in one convention only, got {', '.join(given)}."
+        )
+    pen_a, pen_b = _pair(penalty)
+    if rho is None and reg_m is not None:
+        rho = reg_m
+    if reach is not None:
+        ra, rb = _pair(reach)
+        rho_a = None if ra is None else check_positive(ra, "reach", allow_inf=True) ** cost.p
+        rho_b = None if rb is None else check_positive(rb, "reach", allow_inf=True) ** cost.p
+    elif rho is not None:
+        ra, rb = _pair(rho)
+        rho_a = None if ra is None else check_positive(ra, "rho", allow_inf=True)
+        rho_b = None if rb is None else check_positive(rb, "rho", allow_inf=True)
+    elif tau_a is not None or tau_b is not None:
+        rho_a, rho_b = _tau_to_rho(tau_a, eps, "tau_a"), _tau_to_rho(tau_b, eps, "tau_b")
+    else:
+        # Nothing given: each side is what its penalty object says (names alone mean balanced).
+        rho_a = rho_b = None
+    return _make(pen_a, rho_a), _make(pen_b, rho_b)
+
+
+def _make(pen: PenaltyLike, rho: float | None) -> Penalty:
+    if isinstance(pen, Penalty):
+        if rho is not None:
+            raise ValueError("pass the penalty strength inside the Penalty object, not twice.")
+        return pen
+    return make_penalty(pen, rho)
+
+
+def _tau_to_rho(tau: float | None, eps: float, name: str) -> float | None:
+    if tau is None:
+        return None
+    t = check_positive(tau, name)
+    if t > 1:  # type: ignore[operator]
+        raise ValueError(f"{name} must lie in (0, 1] (OTT convention tau = rho/(rho+eps)), got {tau!r}.")
+    if t == 1:
+        return None
+    return eps * t / (1 - t)  # type: ignore[operator]
+
+
+def max_diameter(x: Tensor, y: Tensor) -> float:
+    """Diagonal of the joint bounding box of ``x: (B, N, D)`` and ``y: (B, M, D)``."""
+    pts = torch.cat([x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1])])
+    return float((pts.amax(0) - pts.amin(0)).norm())
+
+
+def epsilon_schedule(eps_start: float, eps: float, scaling: float, p: float = 2.0) -> list[float]:
+    """Geometric schedule from ``eps_start`` down to ``eps``, ratio ``scaling**p`` per stage.
+
+    As GeomLoss's ``epsilon_schedule`` (``eps_start = diameter**p``): the last entry is ``eps``.
+    """
+    if not 0 < scaling < 1:
+        raise ValueError(f"scaling must lie in (0, 1), got {scaling!r}.")
+    if eps_start <= eps:
+        return [eps]
+    logs = np.arange(math.log(eps_start), math.log(eps), p * math.log(scaling))
+    return [eps_start] + [float(math.exp(e)) for e in logs] + [eps]
+
+
+# ---------------------------------------------------------------------------- the loop
+def sinkhorn_loop(
+    softmin_x: Callable[[float, Tensor], Tensor],
+    softmin_y: Callable[[float, Tensor], Tensor],
+    penalty_a: Penalty,
+    penalty_b: Penalty,
+    eps_list: Sequence[float],
+    g_init: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    symmetric: bool = False,
+) -> tuple[Tensor, Tensor, int, bool]:
+    """The single Sinkhorn loop, for every backend, penalty and problem.
+
+    Cross problems use alternating (Gauss-Seidel) updates; symmetric problems ``OT(a, a)``
+    (``symmetric=True``) use the averaged fixed-point update ``f <- (f + T(f)) / 2``
+    (Feydy et al. 2019, Eq. 25), and return ``g = f``.
+
+    Args:
+        g_init: starting target potential ``(B, M)`` (zeros: GeomLoss's initialisation).
+
+    Returns:
+        ``f: (B, N)``, ``g: (B, M)``, the number of iterations, and convergence.
+    """
+    eps0 = eps_list[0]
+    f = penalty_a.aprox(softmin_x(eps0, g_init), eps0)
+    if symmetric:
+        g = f
+    else:
+        g = penalty_b.aprox(softmin_y(eps0, f), eps0)
+    n_iters = 1
+
+    def step(e: float, f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        if symmetric:
+            f = 0.5 * (f + penalty_a.aprox(softmin_x(e, f), e))
+            return f, f
+        f = penalty_a.aprox(softmin_x(e, g), e)
+        return f, penalty_b.aprox(softmin_y(e, f), e)
+
+    for e in eps_list[1:-1]:
+        f, g = step(e, f, g)
+        n_iters += 1
+
+    eps = eps_list[-1]
+    res = torch.finfo(f.dtype).eps
+    converged = False
+    while n_iters < max_iter:
+        f_new, g_new = step(eps, f, g)
+        n_iters += 1
+        with torch.no_grad():
+            change = max(_sup(f_new - f), _sup(g_new - g))
+            scale = max(_sup(f_new), _sup(g_new), eps)
+        f, g = f_new, g_new
+        if change <= max(tol * eps, 16 * res * scale):
+            converged = True
+            break
+    return f, g, n_iters, converged
+
+
+def _sup(t: Tensor) -> float:
+    t = t[torch.isfinite(t)]
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+# ---------------------------------------------------------------------------- public solver
+def sinkhorn(
+    x: Tensor,
+    y: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    *,
+    cost: CostLike = None,
+    p: float = 2.0,
+    blur: float | None = None,
+    eps: float | None = None,
+    reach: object = None,
+    rho: object = None,
+    reg_m: object = None,
+    tau_a: float | None = None,
+    tau_b: float | None = None,
+    penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
+    scaling: float = 0.5,
+    diameter: float | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    grad: str = "envelope",
+    backend: str = "auto",
+) -> UOTResult:
+    """Entropic unbalanced optimal transport between two weighted point clouds.
+
+    Solves ``min_pi <pi, C> + eps KL(pi | a x b) + D_a(pi 1 | a) + D_b(pi^T 1 | b)`` by
+    log-domain Sinkhorn iterations with epsilon-scaling (see the module docstring for the
+    parameter conventions).
+
+    Args:
+        x: ``(N, D)`` or ``(B, N, D)`` source points. y: ``(M, D)`` or ``(B, M, D)`` targets.
+        a: ``(N,)`` / ``(B, N)`` non-negative source weights (default uniform ``1/N``).
+        b: ``(M,)`` / ``(B, M)`` target weights (default uniform ``1/M``). Masses may differ.
+        cost: ``None`` (``|x-y|^p/p``), ``"hk"``, a :class:`~torchuot.costs.Cost` or a callable.
+        p: exponent of the default cost and of the ``blur``/``reach`` to ``eps``/``rho`` map.
+        blur, eps: entropic regularisation (one of them; default ``blur=0.05``).
+        reach, rho, reg_m, tau_a, tau_b: marginal penalty strength, in one convention
+            (default: balanced). A pair gives one value per side.
+        penalty: ``"kl"`` (default), ``"tv"``, ``"balanced"``, a Penalty, or a pair per side.
+        scaling: eps-scaling ratio in length units (``eps`` shrinks by ``scaling**p`` a stage).
+        diameter: largest distance in the data (computed from a bounding box if ``None``).
+        max_iter: iteration cap (annealing stages included).
+        tol: stop when ``max |f_new - f| <= tol * eps`` (or the dtype's resolution).
+        grad: ``"envelope"`` (iterate without autograd, one differentiable evaluation of the
+            dual at the optimum) or ``"unroll"`` (differentiate through every iteration).
+        backend: ``"auto"`` or ``"tensorized"``.
+
+    Returns:
+        A :class:`~torchuot.result.UOTResult`.
+    """
+    xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b = prepare_problem(
+        x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
+        tau_a=tau_a, tau_b=tau_b, penalty=penalty, max_iter=max_iter, tol=tol, grad=grad,
+    )
+    ops = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
+    eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
+    f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
+                                      symmetric=False)
+    value = dual_value(ops, pen_a, pen_b, eps_f, f, g)
+    return UOTResult(
+        f=f if batched else f[0],
+        g=g if batched else g[0],
+        value=value if batched else value[0],
+        eps=eps_f,
+        penalty_a=pen_a,
+        penalty_b=pen_b,
+        n_iters=n_iters,
+        converged=converged,
+        backend=ops.name,
+        batched=batched,
+        _ops=ops,
+    )
+
+
+def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a, tau_b, penalty,
+                    max_iter, tol, grad):
+    """Validate the public arguments and resolve conventions (shared by every solver entry).
+
+    Returns ``(x, y, a, b)`` batched, ``batched``, the cost, ``eps`` and the two penalties.
+    """
+    xb, batched = as_points(x, "x")
+    yb, batched_y = as_points(y, "y")
+    if batched != batched_y:
+        raise ValueError(
+            f"x and y must both be batched (B, N, D) or both unbatched (N, D); got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}."
+        )
+    check_pair(xb, yb)
+    ab = as_weights(a, xb, "a", "x")
+    bb = as_weights(b, yb, "b", "y")
+    cost_obj = make_cost(cost, p=p)
+    eps_f = resolve_eps(cost_obj, blur, eps)
+    pen_a, pen_b = resolve_penalties(
+        cost_obj, eps_f, reach=reach, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty
+    )
+    _check_solver_args(max_iter, tol, grad)
+    if pen_a.is_balanced and pen_b.is_balanced:
+        _check_balanced_masses(ab, bb)
+    return xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b
+
+
+def _check_solver_args(max_iter: int, tol: float, grad: str) -> None:
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
+    check_positive(tol, "tol")
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}.")
+
+
+def _check_balanced_masses(a: Tensor, b: Tensor) -> None:
+    ma, mb = a.sum(-1), b.sum(-1)
+    if not torch.allclose(ma, mb, rtol=1e-4, atol=0):
+        raise ValueError(
+            "balanced OT needs equal total masses, got m(a) = "
+            f"{ma.detach().cpu().tolist()} and m(b) = {mb.detach().cpu().tolist()}; normalise "
+            "the weights or set reach / rho / tau for an unbalanced problem."
+        )
+
+
+def _schedule(cost: Cost, x: Tensor, y: Tensor, eps: float, scaling: float,
+              diameter: float | None, ops) -> list[float]:
+    if diameter is None:
+        if cost.name == "callable":
+            C = ops.C
+            fin = C[torch.isfinite(C)]
+            start = float(fin.max()) if fin.numel() else eps
+            return epsilon_schedule(max(start, eps), eps, scaling, cost.p)
+        diameter = max_diameter(x, y)
+    else:
+        diameter = check_positive(diameter, "diameter")
+    return epsilon_schedule(cost.eps_start(diameter), eps, scaling, cost.p)
+
+
+def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
+           grad: str, *, symmetric: bool) -> tuple[Tensor, Tensor, int, bool]:
+    if grad == "unroll":
+        sx, sy, ctx = ops.softmin_x_autograd, ops.softmin_y_autograd, nullcontext()
+    else:
+        sx, sy, ctx = ops.softmin_x, ops.softmin_y, torch.no_grad()
+    with ctx:
+        g0 = torch.zeros_like(ops.b)
+        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, max_iter=max_iter,
+                                      tol=tol, symmetric=symmetric)
+    if grad == "envelope":
+        f, g = f.detach(), g.detach()
+    return f, g, n, conv
+
+
+def dual_value(ops, pen_a: Penalty, pen_b: Penalty, eps: float, f: Tensor, g: Tensor) -> Tensor:
+    """Dual objective ``<a, -phi_a*(-f)> + <b, -phi_b*(-g)> - eps <a x b, exp((f+g-C)/eps) - 1>``.
+
+    With ``f, g`` detached its gradient w.r.t. ``x, y, a, b`` is the envelope-theorem
+    gradient (``dC -> pi``); one differentiable soft-min, no ``N x M`` plan is stored.
+    Uses ``sum_j b_j exp((f_i + g_j - C_ij)/eps) = exp((f_i - softmin_x(g)_i)/eps)``.
+    """
+    a, b = ops.a, ops.b
+    S = ops.softmin_x_autograd(eps, g)
+    row_mass = a * torch.exp((f - S) / eps)  # pi 1, (B, N)
+    return (
+        (a * pen_a.dual(f)).sum(-1)
+        + (b * pen_b.dual(g)).sum(-1)
+        - eps * row_mass.sum(-1)
+        + eps * a.sum(-1) * b.sum(-1)
+    )
