@@ -21,7 +21,7 @@ import torch
 
 from ._typing import Tensor
 
-__all__ = ["Penalty", "KL", "TV", "Balanced", "make_penalty", "PenaltyLike"]
+__all__ = ["Penalty", "KL", "TV", "Balanced", "ReverseKL", "make_penalty", "PenaltyLike"]
 
 # KL potentials are capped at KL_CAP * rho: exp(-KL_CAP) is below float64 resolution, and the
 # cap keeps a point with no finite-cost partner (HK truncation) at a finite potential.
@@ -46,6 +46,15 @@ class Penalty:
 
     def primal(self, m: Tensor, a: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float] | None:
+        """``(L, r)`` with ``sum_i a_i dual'(f_i + lam) = exp(L - r lam)`` for every shift ``lam``,
+        or ``None`` when the dual term has no such form (then the loop does not shift).
+
+        Used by the translation-invariant step of the loop (Sejourne, Vialard, Peyre,
+        "Faster unbalanced optimal transport: translation invariant Sinkhorn", AISTATS 2022).
+        """
+        return None
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.rho == other.rho  # type: ignore[attr-defined]
@@ -76,6 +85,9 @@ class Balanced(Penalty):
     def primal(self, m: Tensor, a: Tensor) -> Tensor:
         return torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
 
+    def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
+        return a.sum(-1).log(), 0.0
+
     def __repr__(self) -> str:
         return "Balanced()"
 
@@ -104,6 +116,12 @@ class KL(Penalty):
         a_safe = torch.where(pos, a, torch.ones_like(a))
         mlogm = torch.where(pos, m * torch.log(m_safe / a_safe), torch.zeros_like(m))
         return self.rho * (mlogm - m + a).sum(-1)
+
+    def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
+        # sum_i a_i exp(-(f_i + lam)/rho) = exp(logsumexp(log a - f/rho) - lam/rho)
+        from .backends.tensorized import safe_log
+
+        return torch.logsumexp(safe_log(a) - f / self.rho, dim=-1), 1.0 / self.rho
 
 
 class TV(Penalty):
@@ -160,3 +178,100 @@ def make_penalty(penalty: PenaltyLike, rho: float | None) -> Penalty:
     if name == "balanced" or rho is None or (isinstance(rho, float) and math.isinf(rho)):
         return Balanced()
     return _NAMES[name](rho)
+
+
+# ---------------------------------------------------------------------------- reverse KL (Burg)
+# Newton iterations of the reverse-KL prox: quadratic convergence from a bracket; 60 is a cap
+# that bisection alone would meet to float64 resolution on any bracket of length < 2**10.
+_BURG_MAX_NEWTON = 60
+
+
+class ReverseKL(Penalty):
+    """Reverse KL (Burg) divergence ``rho * KL(a | m) = rho * sum(a (m/a - 1 - log(m/a)))``.
+
+    Entropy ``phi(x) = rho (x - 1 - log x)``: deleting a prescribed mode (``m_i -> 0`` where
+    ``a_i > 0``) costs infinitely much, while creating mass costs at most ``rho`` per unit
+    (``phi'(x) -> rho``). Its conjugate is ``phi*(q) = -rho log(1 - q / rho)`` for ``q < rho``.
+
+    Update (Sejourne et al. 2019, Prop. 6, ``f = -aprox_{phi*}(-s)``): the optimality condition
+    of ``min_q eps exp((-s - q)/eps) + phi*(q)`` is ``exp((f - s)/eps) = rho / (rho + f)`` for
+    ``q = -f > -rho``, i.e. the marginal ratio ``m/a = exp((f - s)/eps)`` equals ``rho/(rho + f)``.
+    With ``u = log(1 + f/rho)`` this is the root of the convex increasing scalar equation
+
+        k(u) = u + (rho/eps) expm1(u) - s/eps = 0        (slope >= 1),
+
+    (a Lambert-W equation, ``rho + f = eps W((rho/eps) exp((rho + s)/eps))``; torch has no W),
+    solved entrywise by a safeguarded Newton method in the bracket
+    ``[max(s/eps, log1p(s/rho)), 0]`` (``s < 0``) or ``[0, min(s/eps, log1p(s/rho))]`` (``s >= 0``),
+    falling back to bisection whenever a Newton step leaves the bracket. The root is found
+    without autograd; one differentiable Newton step from it carries the implicit-function
+    gradient ``df/ds = (1/eps) / (1/eps + 1/(rho + f))`` when ``grad="unroll"``.
+
+    Dual term: ``-phi*(-f) = rho log(1 + f / rho)`` (``-inf`` for ``f <= -rho``).
+    As ``rho -> inf`` the update tends to ``f = s`` (balanced), like KL's.
+    """
+
+    name = "reverse_kl"
+
+    def __init__(self, rho: float) -> None:
+        self.rho = _check_rho(rho, "ReverseKL")
+
+    def aprox(self, s: Tensor, eps: float) -> Tensor:
+        rho = self.rho
+        with torch.no_grad():
+            u = _burg_root(s.detach(), eps, rho)
+            f0 = rho * torch.expm1(u)
+        if not s.requires_grad:
+            return f0
+        # One Newton step in f from the root: value unchanged, gradient = implicit derivative.
+        h = (f0 - s) / eps + torch.log1p(f0 / rho)
+        dh = 1.0 / eps + 1.0 / (rho + f0)
+        return f0 - h / dh
+
+    def dual(self, f: Tensor) -> Tensor:
+        return self.rho * torch.log1p(f / self.rho)
+
+    def primal(self, m: Tensor, a: Tensor) -> Tensor:
+        pos_a = a > 0
+        pos_m = m > 0
+        ok = pos_a & pos_m
+        ratio = torch.where(ok, m, torch.ones_like(m)) / torch.where(ok, a, torch.ones_like(a))
+        term = torch.where(ok, a * (ratio - 1 - torch.log(ratio)), m)  # a = 0: the term is m
+        # A prescribed mode that receives no mass costs infinitely much.
+        term = torch.where(pos_a & ~pos_m, torch.full_like(m, math.inf), term)
+        return self.rho * term.sum(-1)
+
+
+def _burg_root(s: Tensor, eps: float, rho: float) -> Tensor:
+    """Root ``u`` of ``u + (rho/eps) expm1(u) = s/eps`` entrywise (see :class:`ReverseKL`)."""
+    s_in = s
+    finite = torch.isfinite(s_in)
+    s = torch.where(finite, s_in, torch.zeros_like(s_in))
+    c = s / eps
+    r = rho / eps
+    # log1p(s/rho) is a bound only where s > -rho; elsewhere s/eps is the tighter one.
+    l1p = torch.log1p(torch.clamp(s / rho, min=-1.0))
+    neg = s < 0
+    lo = torch.where(neg, torch.maximum(c, l1p), torch.zeros_like(s))
+    hi = torch.where(neg, torch.zeros_like(s), torch.minimum(c, l1p))
+    u = hi.clone()  # Newton from the right of a convex increasing function is monotone
+    tiny = 4 * torch.finfo(s.dtype).eps
+    for _ in range(_BURG_MAX_NEWTON):
+        k = u + r * torch.expm1(u) - c
+        lo = torch.where(k < 0, u, lo)
+        hi = torch.where(k > 0, u, hi)
+        step = k / (1.0 + r * torch.exp(u))
+        u_new = u - step
+        bad = ~((u_new >= lo) & (u_new <= hi)) | ~torch.isfinite(u_new)
+        u_new = torch.where(bad, 0.5 * (lo + hi), u_new)
+        done = (u_new - u).abs() <= tiny * (1.0 + u.abs())
+        u = u_new
+        if bool(done.all()):
+            break
+    # s = +inf (no finite-cost partner): f = +inf, an infinite (infeasible) Burg problem;
+    # s = -inf: f -> -rho.
+    return torch.where(finite, u, torch.where(s_in > 0, s_in, torch.full_like(s_in, -math.inf)))
+
+
+_NAMES["reverse_kl"] = ReverseKL
+_NAMES["burg"] = ReverseKL
