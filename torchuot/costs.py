@@ -32,18 +32,43 @@ __all__ = [
 ]
 
 
+class _SquaredDistances(torch.autograd.Function):
+    """``|x_i - y_j|^2`` accumulated one coordinate at a time (exact, no ``(B, N, M, D)``
+    buffer); the backward pass needs only two matrix products:
+    ``dL/dx_i = 2 (x_i sum_j G_ij - sum_j G_ij y_j)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        C = (x[..., 0:1] - y[..., 0].unsqueeze(1)).square_()
+        for d in range(1, x.shape[-1]):
+            C.add_((x[..., d : d + 1] - y[..., d].unsqueeze(1)).square_())
+        return C
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = 2 * (x * G.sum(-1, keepdim=True) - torch.bmm(G, y))
+        if ctx.needs_input_grad[1]:
+            gy = 2 * (y * G.sum(-2).unsqueeze(-1) - torch.bmm(G.transpose(1, 2), x))
+        return gx, gy
+
+
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     """``|x_i - y_j|^2`` for ``x: (B, N, D)``, ``y: (B, M, D)`` -> ``(B, N, M)``.
 
-    Uses the matrix-product expansion on data centred at a common mean (the cost is
-    translation invariant), which keeps float32 cancellation error at the scale of the
-    cloud's spread rather than of its position.
+    Low dimensions (``D <= 8``): exact coordinate-wise differences, with a custom backward
+    that never stores ``N x M x D``. Higher dimensions: the matrix-product expansion on data
+    centred at a common mean (the cost is translation invariant), which keeps float32
+    cancellation error at the scale of the cloud's spread rather than of its position.
     """
+    if x.shape[-1] <= 8:
+        return _SquaredDistances.apply(x, y)
     center = torch.cat([x, y], dim=1).mean(dim=1, keepdim=True).detach()
     xc, yc = x - center, y - center
-    if x.shape[-1] <= 4:
-        # Low dimension: explicit differences are exact and cost little more.
-        return ((xc.unsqueeze(2) - yc.unsqueeze(1)) ** 2).sum(-1)
     x2 = (xc * xc).sum(-1, keepdim=True)
     y2 = (yc * yc).sum(-1, keepdim=True).transpose(1, 2)
     return (x2 + y2 - 2 * torch.bmm(xc, yc.transpose(1, 2))).clamp_min(0)

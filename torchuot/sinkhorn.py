@@ -161,6 +161,7 @@ def sinkhorn_loop(
     penalty_b: Penalty,
     eps_list: Sequence[float],
     g_init: Tensor,
+    weights: tuple[Tensor, Tensor],
     *,
     max_iter: int,
     tol: float,
@@ -174,16 +175,14 @@ def sinkhorn_loop(
 
     Args:
         g_init: starting target potential ``(B, M)`` (zeros: GeomLoss's initialisation).
+        weights: ``(a, b)``, the measures' weights (for the translation step).
 
     Returns:
         ``f: (B, N)``, ``g: (B, M)``, the number of iterations, and convergence.
     """
     eps0 = eps_list[0]
     f = penalty_a.aprox(softmin_x(eps0, g_init), eps0)
-    if symmetric:
-        g = f
-    else:
-        g = penalty_b.aprox(softmin_y(eps0, f), eps0)
+    g = f if symmetric else penalty_b.aprox(softmin_y(eps0, f), eps0)
     n_iters = 1
 
     def step(e: float, f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,9 +190,24 @@ def sinkhorn_loop(
             f = 0.5 * (f + penalty_a.aprox(softmin_x(e, f), e))
             return f, f
         f = penalty_a.aprox(softmin_x(e, g), e)
-        return f, penalty_b.aprox(softmin_y(e, f), e)
+        g = penalty_b.aprox(softmin_y(e, f), e)
+        return _translate(f, g)
 
+    def _translate(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        # Translation-invariant step (Sejourne et al. 2022, Prop. 2): (f + lam, g - lam) with
+        # the lam that maximises the dual along that line; removes the slowly damped mode
+        # (rate 1/(1 + eps/rho)) of KL problems. The fixed point is unchanged (lam = 0 there).
+        ma = penalty_a.shift_moment(f, weights[0])
+        mb = penalty_b.shift_moment(g, weights[1])
+        if ma is None or mb is None or ma[1] + mb[1] == 0:
+            return f, g
+        lam = ((ma[0] - mb[0]) / (ma[1] + mb[1])).unsqueeze(-1)
+        return f + lam, g - lam
+
+    # Annealing: one sweep per stage, keeping at least one iteration at the target eps.
     for e in eps_list[1:-1]:
+        if n_iters >= max_iter - 1:
+            break
         f, g = step(e, f, g)
         n_iters += 1
 
@@ -360,7 +374,7 @@ def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter:
         sx, sy, ctx = ops.softmin_x, ops.softmin_y, torch.no_grad()
     with ctx:
         g0 = torch.zeros_like(ops.b)
-        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, max_iter=max_iter,
+        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b), max_iter=max_iter,
                                       tol=tol, symmetric=symmetric)
     if grad == "envelope":
         f, g = f.detach(), g.detach()

@@ -45,6 +45,37 @@ def safe_logsumexp(E: Tensor, dim: int) -> Tensor:
     return safe_log(s) + m.squeeze(dim)
 
 
+class _SoftMin(torch.autograd.Function):
+    """``S = -eps * logsumexp(h - C / eps, dim)`` with a lean backward.
+
+    Forward keeps only the normalised weights ``W = softmax(h - C/eps)`` (one ``N x M``
+    buffer, built in place); backward is ``dS/dC = W``, ``dS/dh = -eps W``.
+    """
+
+    @staticmethod
+    def forward(ctx, C: Tensor, h: Tensor, eps: float, dim: int) -> Tensor:  # type: ignore[override]
+        E = C.div(-eps).add_(h)
+        m = E.amax(dim=dim, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        W = E.sub_(m).exp_()
+        s = W.sum(dim=dim, keepdim=True)
+        W.div_(torch.where(s > 0, s, torch.ones_like(s)))
+        ctx.save_for_backward(W)
+        ctx.eps, ctx.dim = eps, dim
+        return (-eps * (safe_log(s) + m)).squeeze(dim)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G: Tensor):  # type: ignore[override]
+        (W,) = ctx.saved_tensors
+        grad_C = W * G.unsqueeze(ctx.dim)
+        grad_h = None
+        if ctx.needs_input_grad[1]:
+            other = -2 if ctx.dim in (-1, 2) else -1
+            grad_h = -ctx.eps * grad_C.sum(dim=other, keepdim=True)
+        return (grad_C if ctx.needs_input_grad[0] else None), grad_h, None, None
+
+
 class TensorizedBackend:
     """Dense ``N x M`` backend with a stabilised kernel cache.
 
@@ -115,13 +146,11 @@ class TensorizedBackend:
     # ------------------------------------------------------ differentiable evaluations
     def softmin_x_autograd(self, eps: float, g: Tensor) -> Tensor:
         """Log-domain soft-min, differentiable w.r.t. ``x, y, b`` (and ``g``)."""
-        E = self.log_b.unsqueeze(1) + (g.unsqueeze(1) - self.C_graph) / eps
-        return -eps * safe_logsumexp(E, dim=-1)
+        return _SoftMin.apply(self.C_graph, (self.log_b + g / eps).unsqueeze(1), eps, -1)
 
     def softmin_y_autograd(self, eps: float, f: Tensor) -> Tensor:
         """Log-domain soft-min over rows, differentiable w.r.t. ``x, y, a`` (and ``f``)."""
-        E = self.log_a.unsqueeze(2) + (f.unsqueeze(2) - self.C_graph) / eps
-        return -eps * safe_logsumexp(E, dim=-2)
+        return _SoftMin.apply(self.C_graph, (self.log_a + f / eps).unsqueeze(2), eps, -2)
 
     def log_plan(self, eps: float, f: Tensor, g: Tensor) -> Tensor:
         """``log pi_ij = log a_i + log b_j + (f_i + g_j - C_ij)/eps`` -> ``(B, N, M)``."""
