@@ -70,8 +70,22 @@ class UOTResult:
         """Dense transport plan ``pi: (B, N, M)``, ``pi_ij = a_i b_j exp((f_i + g_j - C_ij)/eps)``.
 
         Differentiable through ``C``, ``a``, ``b`` with the potentials held fixed.
+
+        Raises:
+            ValueError: on the online / chunked backends when ``B * N * M`` exceeds
+                ``torchuot.backends.PLAN_MAX_ENTRIES`` (use the lazy accessors instead).
         """
         f, g = self._fg()
+        from .backends import PLAN_MAX_ENTRIES
+
+        size = f.shape[0] * f.shape[1] * g.shape[1]
+        if self.backend != "tensorized" and size > PLAN_MAX_ENTRIES:
+            raise ValueError(
+                f"plan() would form a dense {f.shape[0]} x {f.shape[1]} x {g.shape[1]} plan "
+                f"({size:,} entries > {PLAN_MAX_ENTRIES:,}) on the lazy '{self.backend}' backend; "
+                "use apply(v, axis), marginal(axis), barycentric_projection() or sample_pairs(k) "
+                "instead, or solve with backend='tensorized'."
+            )
         return self._out(self._ops.plan(self.eps, f, g))
 
     def _marginals(self) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,16 @@
 """Backends: how a soft-min / kernel product is computed. The Sinkhorn loop is shared.
 
+* ``"tensorized"``: dense ``B x N x M`` cost matrix and a stabilised kernel cache (fastest
+  while it fits in memory);
+* ``"online"``: KeOps ``LazyTensor`` reductions, ``O(N + M)`` memory (needs pykeops and a
+  working compiler; built-in costs only);
+* ``"chunked"``: pure torch, row blocks of at most 64 MiB, ``O(block x M)`` memory, any cost;
+* ``"auto"`` (default): ``"tensorized"`` when one ``B x N x M`` matrix of the inputs' dtype
+  takes at most :data:`AUTO_DENSE_MAX_BYTES` (512 MiB: ``B N M <= 2**27`` in float32, e.g.
+  ``N = M = 11,585``; ``2**26`` in float64, ``N = M = 8,192``), else ``"online"`` if KeOps
+  compiles here and the cost is built-in, else ``"chunked"`` (with a warning when KeOps was
+  wanted but is unavailable).
+
 ``resolve_backend`` is the one place where a backend is chosen; the choice is recorded in the
 solver's result (``result.backend``).
 """
@@ -9,26 +20,78 @@ from __future__ import annotations
 import warnings
 
 from .._typing import Tensor
-from ..costs import Cost
+from ..costs import Cost, HKConeCost, PowerCost, SquaredEuclidean
+from .chunked import ChunkedBackend
+from .keops import KeOpsBackend, keops_status
 from .tensorized import TensorizedBackend, safe_log, safe_logsumexp
 
-__all__ = ["TensorizedBackend", "resolve_backend", "BACKENDS", "safe_log", "safe_logsumexp"]
+__all__ = [
+    "TensorizedBackend",
+    "ChunkedBackend",
+    "KeOpsBackend",
+    "resolve_backend",
+    "auto_backend_name",
+    "keops_status",
+    "BACKENDS",
+    "AUTO_DENSE_MAX_BYTES",
+    "PLAN_MAX_ENTRIES",
+    "safe_log",
+    "safe_logsumexp",
+]
 
-BACKENDS = ("auto", "tensorized")
+BACKENDS = ("auto", "tensorized", "online", "chunked")
+
+#: ``"auto"`` stays dense while one ``B x N x M`` matrix takes at most this many bytes.
+AUTO_DENSE_MAX_BYTES = 2**29
+
+#: ``UOTResult.plan()`` refuses on the online / chunked backends above this many entries.
+PLAN_MAX_ENTRIES = 2**24
+
+Backend = TensorizedBackend | ChunkedBackend | KeOpsBackend
 
 
-def resolve_backend(
-    backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost
-) -> TensorizedBackend:
-    """Build the backend named by ``backend`` (``"auto"`` picks one) for this problem."""
+def auto_backend_name(x: Tensor, y: Tensor, cost: Cost) -> tuple[str, str]:
+    """The backend ``"auto"`` picks for ``x: (B, N, D)``, ``y: (B, M, D)`` and ``cost``.
+
+    Returns:
+        ``(name, note)``: ``note`` is non-empty when KeOps was wanted but is unavailable.
+    """
+    entries = x.shape[0] * x.shape[1] * y.shape[1]
+    if entries * x.element_size() <= AUTO_DENSE_MAX_BYTES:
+        return "tensorized", ""
+    if type(cost) not in (SquaredEuclidean, PowerCost, HKConeCost):
+        return "chunked", ""  # no KeOps formula for a user callable
+    ok, why = keops_status(x.dtype, x.device)
+    return ("online", "") if ok else ("chunked", why)
+
+
+def resolve_backend(backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost) -> Backend:
+    """Build the backend named by ``backend`` (``"auto"`` picks one) for this problem.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        x: ``(B, N, D)``, y: ``(B, M, D)`` points; a: ``(B, N)``, b: ``(B, M)`` weights.
+        cost: the ground cost.
+
+    Raises:
+        ValueError: unknown backend name, or a callable cost on ``"online"``.
+        ImportError / RuntimeError: ``"online"`` asked for explicitly but pykeops is
+            missing / cannot compile.
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}.")
     if backend == "auto":
-        n = x.shape[0] * x.shape[1] * y.shape[1]
-        if n > 2**28:
+        backend, why = auto_backend_name(x, y, cost)
+        if why:
             warnings.warn(
-                f"backend='auto' uses the dense tensorized backend for a {x.shape[1]} x "
-                f"{y.shape[1]} problem (batch {x.shape[0]}): this stores several N x M matrices.",
+                f"backend='auto': the {x.shape[1]} x {y.shape[1]} problem is too large for the "
+                f"dense backend and KeOps is unavailable ({why}); using the pure-torch "
+                "'chunked' backend instead (slower, same memory class).",
+                RuntimeWarning,
                 stacklevel=3,
             )
-    return TensorizedBackend(x, y, a, b, cost)
+    if backend == "tensorized":
+        return TensorizedBackend(x, y, a, b, cost)
+    if backend == "online":
+        return KeOpsBackend(x, y, a, b, cost)
+    return ChunkedBackend(x, y, a, b, cost)
