@@ -1,0 +1,6 @@
+"""``python -m training ...`` is ``torchuot-train ...``."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
