@@ -264,8 +264,10 @@ def _burg_root(s: Tensor, eps: float, rho: float) -> Tensor:
         u_new = u - step
         bad = ~((u_new >= lo) & (u_new <= hi)) | ~torch.isfinite(u_new)
         u_new = torch.where(bad, 0.5 * (lo + hi), u_new)
-        done = (u_new - u).abs() <= tiny * (1.0 + u.abs())
-        u = u_new
+        # Converged when the step is at u's resolution or the residual at that of its terms.
+        done = ((u_new - u).abs() <= tiny * (1.0 + u.abs())) | (
+            k.abs() <= tiny * (u.abs() + r * torch.exp(u) + c.abs() + r))
+        u = torch.where(k == 0, u, u_new)
         if bool(done.all()):
             break
     # s = +inf (no finite-cost partner): f = +inf, an infinite (infeasible) Burg problem;
