@@ -7,6 +7,17 @@ import torch
 from torchuot.joint import eot_eigenmaps, foscttm, median_bandwidth
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    """One intra-op thread (overrides conftest's): these tensors are small, and extra threads
+    only add synchronisation -- on a machine shared with other jobs they stall (we measured a
+    20-40x slowdown of the Sinkhorn sweeps with 2 threads under load)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra = a.argsort().argsort().double()
     rb = b.argsort().argsort().double()
