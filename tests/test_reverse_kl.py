@@ -51,6 +51,8 @@ def test_dual_and_primal_terms():
     pen = ReverseKL(2.0)
     f = torch.tensor([-1.0, 0.0, 3.0], dtype=DT)
     torch.testing.assert_close(pen.dual(f), 2.0 * torch.log1p(f / 2.0))
+    # Outside the conjugate's domain f > -rho the dual term is -inf, never NaN.
+    assert pen.dual(torch.tensor([-2.0, -5.0], dtype=DT)).tolist() == [-math.inf, -math.inf]
     m = torch.tensor([0.5, 1.0, 2.0], dtype=DT)
     a = torch.tensor([1.0, 1.0, 1.0], dtype=DT)
     r = m / a

@@ -229,7 +229,11 @@ class ReverseKL(Penalty):
         return f0 - h / dh
 
     def dual(self, f: Tensor) -> Tensor:
-        return self.rho * torch.log1p(f / self.rho)
+        # -inf (not NaN) outside the conjugate's domain f > -rho, e.g. after an over-relaxed step.
+        t = f / self.rho
+        ok = t > -1
+        return torch.where(ok, self.rho * torch.log1p(torch.where(ok, t, torch.zeros_like(t))),
+                           torch.full_like(f, -math.inf))
 
     def primal(self, m: Tensor, a: Tensor) -> Tensor:
         pos_a = a > 0

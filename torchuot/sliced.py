@@ -156,6 +156,12 @@ def wasserstein_1d(
     return (delta * (d.square() if p == 2 else d.pow(p))).sum(-1)
 
 
+def _safe_root(val: Tensor, p: float) -> Tensor:
+    """``val ** (1/p)`` with a zero (not NaN) gradient where ``val == 0`` (identical inputs)."""
+    pos = val > 0
+    return torch.where(pos, torch.where(pos, val, torch.ones_like(val)).pow(1.0 / p), torch.zeros_like(val))
+
+
 def _check_p(p: object) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 1 or math.isinf(p):
         raise ValueError(f"p must be a finite number >= 1, got {p!r}.")
@@ -256,7 +262,7 @@ def sliced_wasserstein(
     theta = _directions(directions, n_projections, method, generator, xb.shape[2], xb.dtype, xb.device)
     val = _sliced_values(xb, yb, ab, bb, theta, p, chunk_size).mean(1)
     if root:
-        val = val.clamp_min(0).pow(1.0 / p)
+        val = _safe_root(val, p)
     return val if batched else val[0]
 
 
@@ -348,7 +354,7 @@ def max_sliced_wasserstein(
     value = wasserstein_1d(u, v, None if ab is None else ab.unsqueeze(1),
                            None if bb is None else bb.unsqueeze(1), p=p)[:, 0]
     if root:
-        value = value.clamp_min(0).pow(1.0 / p)
+        value = _safe_root(value, p)
     if not batched:
         value, direction = value[0], direction[0]
     return MaxSlicedResult(value=value, direction=direction)
@@ -462,7 +468,8 @@ def unbalanced_sliced_ot(
         n_projections, method, directions, generator: see :func:`sliced_wasserstein`.
         blur, eps, reach, rho, penalty, p, **sinkhorn_kwargs: the per-slice solver's
             arguments (library conventions; default ``reach=1``, KL).
-        debias: average the debiased :func:`torchuot.sinkhorn_divergence` instead of ``OT_eps``.
+        debias: average the debiased :func:`torchuot.sinkhorn_divergence` instead of ``OT_eps``
+            (non-negative for KL and balanced penalties; not guaranteed for TV or reverse KL).
 
     Returns:
         ``(B,)`` or a scalar, in the solver's units; differentiable.
