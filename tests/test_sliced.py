@@ -11,7 +11,9 @@ import torch
 import torchuot
 from torchuot.sliced import (
     MaxSlicedWassersteinLoss,
+    MinSWGGLoss,
     SlicedWassersteinLoss,
+    SubspaceSlicedLoss,
     UnbalancedSlicedLoss,
     max_sliced_wasserstein,
     min_swgg,
@@ -172,6 +174,12 @@ def test_losses_forms_and_reduction(gen):
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
     assert MaxSlicedWassersteinLoss(n_iter=5, generator=gen, reduction="sum")(x, y).dim() == 0
     assert UnbalancedSlicedLoss(n_projections=4, blur=0.5, generator=gen)(x[0], y[0]).dim() == 0
+    sub = SubspaceSlicedLoss(k=2, n_subspaces=2, blur=0.5, generator=gen, reduction="none")(x, y)
+    assert sub.shape == (2,) and bool((sub.detach() >= 0).all())
+    swgg = MinSWGGLoss(n_directions=8, generator=gen, reduction="none")(x, y)
+    assert swgg.shape == (2,)
+    for i in range(2):
+        assert float(swgg[i].detach()) >= float(ot.emd2([], [], ot.dist(x[i].detach(), y[i])))
     with pytest.raises(TypeError, match="loss"):
         loss(x)
     with pytest.raises(ValueError, match="reduction"):

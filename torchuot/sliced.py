@@ -49,6 +49,8 @@ __all__ = [
     "SlicedWassersteinLoss",
     "MaxSlicedWassersteinLoss",
     "UnbalancedSlicedLoss",
+    "SubspaceSlicedLoss",
+    "MinSWGGLoss",
 ]
 
 _METHODS = ("mc", "sobol")
@@ -702,3 +704,53 @@ class UnbalancedSlicedLoss(nn.Module):
         a, x, b, y = _split_args(args)
         val = unbalanced_sliced_ot(x, y, a, b, generator=self.generator, **self.kw)
         return _reduce(val, self.reduction)
+
+
+class SubspaceSlicedLoss(nn.Module):
+    """:func:`subspace_sliced_ot` (mean or max over random ``k``-dim subspaces) as a loss."""
+
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        n_subspaces: int = 8,
+        reduce: str = "mean",
+        blur: float | None = 0.05,
+        debias: bool = True,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if reduce not in ("mean", "max"):
+            raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}.")
+        self.kw = dict(k=k, n_subspaces=n_subspaces, reduce=reduce, blur=blur, debias=debias)
+        self.generator = generator
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, *args: Tensor) -> Tensor:
+        a, x, b, y = _split_args(args)
+        val = subspace_sliced_ot(x, y, a, b, generator=self.generator, **self.kw)
+        return _reduce(val, self.reduction)
+
+
+class MinSWGGLoss(nn.Module):
+    """Min-SWGG upper bound of ``W_2^2`` as a loss: ``loss(x, y)`` (equal-size uniform clouds).
+
+    The gradient is that of the lifted plan's cost with the permutation held fixed.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_directions: int = 64,
+        n_refine: int = 0,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.kw = dict(n_directions=n_directions, n_refine=n_refine)
+        self.generator = generator
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return _reduce(min_swgg(x, y, generator=self.generator, **self.kw).value, self.reduction)
