@@ -81,7 +81,7 @@ def _brute_force_chain(costs, weights, penalties, eps):
     return P, -float(neg_dual(v)), float(primal)
 
 
-@pytest.mark.parametrize("case", ["balanced_ends", "kl_everywhere_but_one"])
+@pytest.mark.parametrize("case", ["balanced_ends", "kl_everywhere_but_one", "free_first", "free_last"])
 def test_chain_sinkhorn_matches_brute_force(case):
     g = torch.Generator().manual_seed(3)
     n = [2, 3, 3, 2]
@@ -90,8 +90,12 @@ def test_chain_sinkhorn_matches_brute_force(case):
     costs = [torch.rand(n[k], n[k + 1], generator=g, dtype=F64) for k in range(3)]
     if case == "balanced_ends":  # EW_lambda's structure: hard X, Y marginals, free Z1, Z2
         pens = [Balanced(), None, None, Balanced()]
-    else:
+    elif case == "kl_everywhere_but_one":
         pens = [KL(0.7), None, KL(0.3), KL(2.0)]
+    elif case == "free_first":  # free nodes before the first penalised one ("dangling" messages)
+        pens = [None, KL(0.5), None, Balanced()]
+    else:
+        pens = [KL(1.0), None, Balanced(), None]
     eps = 0.1
     plan = chain_sinkhorn(costs, w, pens, eps, tol=1e-12)
     assert plan.converged
@@ -112,6 +116,20 @@ def test_chain_sinkhorn_matches_brute_force(case):
     if case == "balanced_ends":
         torch.testing.assert_close(plan.marginal(0), w[0], atol=1e-10, rtol=0)
         torch.testing.assert_close(plan.marginal(3), w[3], atol=1e-10, rtol=0)
+
+
+def test_log_matmul_recovers_underflowing_entries():
+    """Entries whose shifted product underflows are recomputed exactly (float32 on purpose)."""
+    from torchuot.joint.ew_lambda import _log_matmul
+
+    g = torch.Generator().manual_seed(0)
+    A = -200 * torch.rand(5, 6, generator=g)
+    B = -200 * torch.rand(6, 4, generator=g)
+    A[0, 0], B[1, 0] = 0.0, 0.0  # row/column maxima in different places: the shifts overshoot
+    exact = torch.logsumexp(A[:, :, None].double() + B[None].double(), dim=1)
+    out = _log_matmul(A, B)
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-3)
 
 
 def test_chain_sinkhorn_errors():

@@ -209,27 +209,23 @@ def _backward(phi, costs, weights, eps) -> list[Tensor]:
 def _log_matmul(A: Tensor, B: Tensor) -> Tensor:
     """``log(exp(A) @ exp(B))`` for ``A: (n, m)``, ``B: (m, l)``, stabilised.
 
-    One matrix product with row/column max shifts; rows or columns whose entries all fall
-    near the dtype's underflow after the shifts are recomputed exactly by chunked
-    log-sum-exp, so the result is exact to floating-point precision.
+    One matrix product with row/column max shifts; entries whose shifted value falls near the
+    dtype's underflow (denormal or zero, so imprecise) are recomputed exactly by log-sum-exp
+    over ``m``, in chunks. The result is exact to floating-point precision; the product costs
+    ``O(n m l)`` and the recomputation ``O(#flagged * m)``.
     """
     a = A.amax(1, keepdim=True)
     a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
     b = B.amax(0, keepdim=True)
     b = torch.where(torch.isfinite(b), b, torch.zeros_like(b))
     rel = safe_log(torch.exp(A - a) @ torch.exp(B - b))
-    floor = 0.8 * math.log(torch.finfo(A.dtype).tiny)
     out = rel + a + b
-    bad_rows = (rel.amax(1) < floor).nonzero().flatten()
-    bad_cols = (rel.amax(0) < floor).nonzero().flatten()
-    chunk = max(1, 20_000_000 // max(1, A.shape[1] * B.shape[1]))
-    for s in range(0, bad_rows.numel(), chunk):
-        rows = bad_rows[s : s + chunk]
-        out[rows] = safe_logsumexp(A[rows][:, :, None] + B[None, :, :], dim=1)
-    chunk = max(1, 20_000_000 // max(1, A.shape[0] * A.shape[1]))
-    for s in range(0, bad_cols.numel(), chunk):
-        cols = bad_cols[s : s + chunk]
-        out[:, cols] = safe_logsumexp(A[:, :, None] + B[None, :, cols], dim=1)
+    floor = 0.8 * math.log(torch.finfo(A.dtype).tiny)
+    bad = (rel < floor).nonzero()
+    chunk = max(1, 20_000_000 // max(1, A.shape[1]))
+    for s in range(0, bad.shape[0], chunk):
+        i, j = bad[s : s + chunk, 0], bad[s : s + chunk, 1]
+        out[i, j] = safe_logsumexp(A[i] + B[:, j].T, dim=1)
     return out
 
 
