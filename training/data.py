@@ -56,7 +56,7 @@ def domain_transform(name: str | None, images: torch.Tensor) -> torch.Tensor:
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(n, H, W)`` or ``(n, H, W, 3)`` -> float ``(n, C, H, W)`` in ``[0, 1]``."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    t = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0)  # a writable copy
     return t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2).contiguous()
 
 

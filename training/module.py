@@ -150,9 +150,12 @@ class FlowMatchingModule(L.LightningModule):
         return out
 
     def on_validation_epoch_end(self) -> None:
-        if not self._grid or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if self.trainer.sanity_checking:
             return
+        # trainer.log_dir is a collective (a broadcast) under DDP: every rank must ask for it.
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        if not self._grid or not self.trainer.is_global_zero:
+            return
         path = Path(log_dir) / "samples" / f"epoch{self.current_epoch:03d}_step{self.global_step:06d}.png"
         save_sample_grid(self._grid[0], self._grid[1], path)
 
