@@ -37,7 +37,9 @@ def _pot_plan(x, y, method, tau_a=0.9, tau_b=1.0, eps=EPS):
     return torch.as_tensor(Q / Q.sum())
 
 
-@pytest.mark.parametrize("method,tau_a,tau_b", [("ot", 1, 1), ("uot", 0.9, 1.0), ("uot", 0.7, 0.8), ("exact", 1, 1)])
+@pytest.mark.parametrize(
+    "method,tau_a,tau_b", [("ot", 1, 1), ("uot", 0.9, 1.0), ("uot", 0.7, 0.8), ("exact", 1, 1)]
+)
 def test_plan_matches_pot(method, tau_a, tau_b):
     x, y = _clouds()
     s = PlanSampler(method, eps=EPS, tau_a=tau_a, tau_b=tau_b, **TIGHT)

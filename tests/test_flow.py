@@ -23,7 +23,9 @@ def _exact(x0, t=1.0):
     return x0 @ torch.linalg.matrix_exp(t * A).T
 
 
-@pytest.mark.parametrize("method,steps,tol", [("euler", 20000, 5e-5), ("midpoint", 1000, 1e-6), ("dopri5", 10, 1e-7)])
+@pytest.mark.parametrize(
+    "method,steps,tol", [("euler", 20000, 5e-5), ("midpoint", 1000, 1e-6), ("dopri5", 10, 1e-7)]
+)
 def test_odeint_integrates_a_linear_field(method, steps, tol):
     x0 = _x0()
     out = odeint(linear_field, x0, steps=steps, method=method, rtol=1e-10, atol=1e-10)
@@ -78,7 +80,9 @@ def test_interpolant_and_loss():
     assert float(noisy.std()) == pytest.approx(0.3, rel=0.02)
     # The loss vanishes for the exact field of a translation x1 = x0 + c, and not otherwise.
     c = torch.tensor([0.5, -1.0, 2.0])
-    assert float(cfm_loss(lambda t, x: c.expand_as(x), x0, x0 + c, generator=g)) == pytest.approx(0.0, abs=1e-12)
+    assert float(cfm_loss(lambda t, x: c.expand_as(x), x0, x0 + c, generator=g)) == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert float(cfm_loss(lambda t, x: torch.zeros_like(x), x0, x0 + c, generator=g)) == pytest.approx(
         float(c.pow(2).mean()), rel=1e-6
     )

@@ -38,7 +38,7 @@ def fake_mnist(tmp_path: Path) -> Path:
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = np.zeros((n, 28, 28), np.uint8)
         for k, c in enumerate(labels):  # a bar whose position encodes the class, plus noise
-            images[k, 4:24, 2 + 2 * c: 4 + 2 * c] = 255
+            images[k, 4:24, 2 + 2 * c : 4 + 2 * c] = 255
         images = np.maximum(images, rng.integers(0, 30, images.shape).astype(np.uint8))
         _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
@@ -66,7 +66,8 @@ def test_mnist_root_from_environment(shared_data: Path, monkeypatch):
 def test_mnist_uses_training_files_when_present(fake_mnist: Path):
     dm = MNISTDataModule(root=str(fake_mnist), val_fraction=0.1)
     dm.setup()
-    assert {s: len(dm.datasets[s]) for s in ("train", "val", "test")} == {"train": 360, "val": 40, "test": 100}
+    sizes = {s: len(dm.datasets[s]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 360, "val": 40, "test": 100}
 
 
 def test_mnist_missing_files_error_names_path(tmp_path: Path):
@@ -102,8 +103,14 @@ def test_medmnist_missing_file_error(tmp_path: Path):
 
 def test_unpaired_class_proportions_and_transform(shared_data: Path):
     base = MNISTDataModule(root=str(shared_data))
-    dm = UnpairedDataModule(base, source_classes=[0, 1, 2], source_proportions=[0.6, 0.2, 0.2],
-                            target_proportions=[0.2, 0.2, 0.6], target_transform="dilate", batch_size=16)
+    dm = UnpairedDataModule(
+        base,
+        source_classes=[0, 1, 2],
+        source_proportions=[0.6, 0.2, 0.2],
+        target_proportions=[0.2, 0.2, 0.6],
+        target_transform="dilate",
+        batch_size=16,
+    )
     dm.setup()
     x0, y0, x1, y1 = dm.domain("train")
     for labels, props in ((y0, [0.6, 0.2, 0.2]), (y1, [0.2, 0.2, 0.6])):
@@ -146,8 +153,13 @@ def test_domain_transforms():
 
 
 def test_toy2d_mixture_weights_and_outliers():
-    dm = Toy2DDataModule(source_weights=[0.5, 0.5], target_weights=[0.8, 0.2], target_outliers=0.05,
-                         n_train=4000, batch_size=64)
+    dm = Toy2DDataModule(
+        source_weights=[0.5, 0.5],
+        target_weights=[0.8, 0.2],
+        target_outliers=0.05,
+        n_train=4000,
+        batch_size=64,
+    )
     dm.setup()
     x0, y0, x1, y1 = dm.domain("train")
     assert x0.shape == (4000, 2)
