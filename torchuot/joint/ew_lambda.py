@@ -17,7 +17,8 @@ with strength ``rho``) and free ``Z`` marginals (``xi_1 = pi_{Z_1}``, ``xi_2 = p
             + D(pi_X | mu) + D(pi_Y | nu),
     Q_X(pi, pi') = sum L_X(x, z, x', z') pi_{X Z1}(x, z) pi'_{X Z1}(x', z'),  L_X = (d_X - d_Z)^2
 
-(and ``Q_Y`` likewise on ``pi_{Z2 Y}``). ``F`` is quadratic; its bi-convex relaxation
+(and ``Q_Y`` likewise on ``pi_{Z2 Y}``). ``F`` is quadratic. We relax it bi-convexly as the paper
+does (doubling the plan in the quadratic terms); the exact form used here is
 
     J(pi, pi') = 1/2 E(pi) + 1/2 E(pi') + lambda [Q_X(pi, pi') + Q_Y(pi, pi')],
     E(pi) = <c, pi_{Z1 Z2}> + eps KL(pi | R) + D(pi_X | mu) + D(pi_Y | nu),
@@ -34,10 +35,13 @@ descent ``pi_{k+1} = argmin_pi J(pi, pi_k)`` therefore gives a non-increasing se
 
 (``p', q'`` the marginals of ``pi'_{XZ}``; the Gromov-Wasserstein linearisation of Peyre,
 Cuturi, Solomon 2016, Prop. 1), solved by the entropic multi-marginal Sinkhorn on a tree
-(:func:`chain_sinkhorn`; Haasler et al. 2021; Beier, von Lindheim, Neumayer, Steidl 2023,
-"Unbalanced multi-marginal OT", Alg. 2). The reference code is MoePien/RelaxedEmbeddedWasserstein
-(``REW``, ``tree_sinkhorn_torch``); we keep its chain but fix the cost scales across outer
-iterations (no per-iteration renormalisation) so the objective is comparable and monotone.
+(:func:`chain_sinkhorn`; Haasler et al., "Multi-marginal OT and Schroedinger bridges on trees";
+Beier, von Lindheim, Neumayer, Steidl, "Unbalanced multi-marginal OT", 2023). The reference
+code is MoePien/RelaxedEmbeddedWasserstein (``REW``, ``tree_sinkhorn_torch``); we keep its chain
+but fix the cost scales across outer iterations (no per-iteration renormalisation) so the
+objective is comparable and monotone, and the linearised GW cost carries the factor
+``2 lambda`` that the minimisation of ``J`` gives (the reference code uses ``lambda``, i.e. its
+lambda is twice ours).
 
 How the 4-plan is kept factored: it is never stored. A Gibbs plan on a chain is
 
@@ -284,7 +288,7 @@ def chain_sinkhorn(
 ) -> ChainPlan:
     r"""Entropic unbalanced multi-marginal OT with a chain-structured cost, in the log domain.
 
-    Solves (Beier et al. 2023, "Unbalanced multi-marginal OT", Eq. (7) with a tree cost)
+    Solves (unbalanced multi-marginal OT of Beier et al. 2023 with a chain-structured cost)
 
         min_pi  <C, pi> + eps KL(pi | w_0 x ... x w_{K-1}) + sum_k D_k(pi_k | w_k),
         C(i_0, ..., i_{K-1}) = sum_k C_k(i_k, i_{k+1}),
@@ -299,7 +303,7 @@ def chain_sinkhorn(
 
     where ``aprox`` is the penalty's Sinkhorn update (``s`` balanced, ``s / (1 + eps/rho)`` KL;
     Sejourne et al. 2019, Table 1) -- the multi-marginal analogue of ``f <- aprox(softmin(g))``
-    (Haasler et al. 2021, Alg. 1, in the log domain). A sweep is one backward pass of
+    (Haasler et al.'s tree Sinkhorn, in the log domain). A sweep is one backward pass of
     messages and one forward pass updating the potentials, never the ``prod n_k`` plan. Free
     nodes keep ``phi = 0``, so the messages that cross them are fixed: once per eps stage they
     are composed into log-kernels between consecutive penalised nodes (log-matmuls,
