@@ -158,6 +158,17 @@ def test_divergence_hk_and_losses_accept_backend(backend, small_blocks):
 
 
 @pytest.mark.parametrize("backend", LAZY)
+def test_unrolled_gradients_agree(backend, small_blocks):
+    grads = {}
+    for name in ("tensorized", backend):
+        x, y, a, b = _problem(torch.float64, N=20, M=15)
+        x.requires_grad_()
+        res = torchuot.sinkhorn(x, y, a, b, blur=0.3, reach=0.5, grad="unroll", max_iter=30, backend=name)
+        grads[name] = torch.autograd.grad(res.value, x)[0]
+    assert _rel(grads[backend], grads["tensorized"]) < 1e-5
+
+
+@pytest.mark.parametrize("backend", LAZY)
 def test_sample_pairs_statistics(backend, small_blocks):
     ref, _ = _solve_and_grad("tensorized", None, torch.float64)
     res, _ = _solve_and_grad(backend, None, torch.float64)
