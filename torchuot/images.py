@@ -475,7 +475,7 @@ def pairwise_distances(
         D = torch.full((N, M), math.nan, dtype=dtype, device=device)
         D[r0:r1] = torch.cdist(wa[r0:r1], wb)
         if one_set:
-            D[:, r0:r1] = D[r0:r1].T
+            D[:, r0:r1] = D[r0:r1].T.clone()
             D.diagonal()[r0:r1] = 0
         D = D ** 2 if squared else D
         return D.to(out_device)
