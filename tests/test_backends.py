@@ -140,6 +140,13 @@ def test_hk_empty_rows_are_infinite_on_every_backend(small_blocks):
         assert _rel(s, outs["tensorized"]) < 1e-12, n
 
 
+def test_chunked_agrees_in_high_dimension(small_blocks):
+    # D > 8: the chunked backend's centred matrix-product form of |x - y|^2.
+    ref, ref_grads = _solve_and_grad("tensorized", None, torch.float64, D=12)
+    res, grads = _solve_and_grad("chunked", None, torch.float64, D=12)
+    check_same_result(res, grads, ref, ref_grads, 1e-5)
+
+
 @pytest.mark.parametrize("backend", LAZY)
 def test_divergence_hk_and_losses_accept_backend(backend, small_blocks):
     x, y, a, b = (t.clone().requires_grad_() for t in _problem(torch.float64, N=25, M=20))

@@ -12,7 +12,7 @@ inputs (views of ``x``, ``y`` and the potentials), and the backward pass recompu
 at a time, so the autograd memory is also ``O(block x M)``.
 
 For the built-in costs the loop's soft-min uses in-place arithmetic on one buffer per block
-(``|x - y|^2`` accumulated coordinate by coordinate for ``D <= 4``, exactly as the dense
+(``|x - y|^2`` accumulated coordinate by coordinate for ``D <= 8``, exactly as the dense
 backend does, and by a centred matrix product above); the differentiable evaluations call
 the cost object itself, so values and gradients agree with the tensorized backend to
 floating-point rounding.
@@ -81,7 +81,7 @@ class ChunkedBackend:
         if not self._builtin:
             return cost(xb, yb)
         D = xb.shape[-1]
-        if D <= 4:
+        if D <= 8:
             # Exact differences (as costs.squared_distances in low dimension), one buffer.
             d2 = torch.sub(xb[..., 0].unsqueeze(2), yb[..., 0].unsqueeze(1)).square_()
             if D > 1:
