@@ -199,7 +199,8 @@ def main() -> None:
                 vgap = abs(val - rv) / max(abs(rv), 1e-30)
                 ggap = float((grad - rg).norm() / rg.norm().clamp_min(1e-30))
             tr = secs / best[2] if best and name.startswith("torchuot") else math.nan
-            mr = mem / max(best[3], 1) if best and name.startswith("torchuot") else math.nan
+            # Below 1 MiB the RSS sampler cannot resolve a ratio (KeOps runs allocate ~nothing).
+            mr = mem / best[3] if best and best[3] >= 2**20 and name.startswith("torchuot") else math.nan
             used = ""
             if name.startswith("torchuot"):
                 used = name.split("-")[1]
