@@ -86,11 +86,12 @@ def test_uot_tends_to_ot_as_tau_goes_to_one():
     x, y = _clouds(8, 8, seed=2)
     P_ot = PlanSampler("ot", eps=EPS, **TIGHT).plan(x, y)
     gaps = []
-    for tau in (0.9, 0.99, 0.999, 1 - 1e-6):
+    for tau in (0.9, 0.99, 0.999, 0.9999):
         P = PlanSampler("uot", eps=EPS, tau_a=tau, tau_b=tau, **TIGHT).plan(x, y)
         gaps.append(float((P - P_ot).abs().sum()))
-    assert all(g1 < g0 for g0, g1 in zip(gaps, gaps[1:], strict=False)), gaps
-    assert gaps[-1] < 1e-4
+    # The L1 gap shrinks like 1 / rho = (1 - tau) / (eps tau): ~10x per decade of 1 - tau.
+    assert all(g0 / g1 > 5 for g0, g1 in zip(gaps, gaps[1:], strict=False)), gaps
+    assert gaps[-1] < 2e-3
     # reach -> inf (GeomLoss convention) is the same limit.
     P = PlanSampler("uot", eps=EPS, reach=1e4, **TIGHT).plan(x, y)
     torch.testing.assert_close(P, P_ot, atol=1e-6, rtol=0)
