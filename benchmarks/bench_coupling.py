@@ -41,24 +41,31 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
+def _reset_peak() -> int | None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
+        return _rss_kb("VmRSS")
+    except OSError:
+        return None
+
+
 def measure(fn, repeats: int) -> tuple[float, float, float, object]:
     """Median wall time (s), median CPU time (s), peak RSS growth (MiB) and the last ``fn()``.
 
     CPU time (``time.process_time``, all threads) is reported besides wall time because the
-    machine these figures come from may be shared: it is the steadier of the two there.
+    machine these figures come from may be shared: it is the steadier of the two there. The
+    RSS growth is the largest over all calls, the first (cold) one included; later calls reuse
+    freed memory, so it is a lower bound of the working memory.
     """
-    out = fn()  # warm-up
     times, cpus, peak = [], [], 0.0
-    for _ in range(repeats):
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
-            base = _rss_kb("VmRSS")
-        except OSError:
-            base = None
+    out = None
+    for k in range(repeats + 1):  # call 0 is the warm-up (memory only)
+        base = _reset_peak()
         t, c = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
+        if k:
+            times.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
         if base is not None:
             peak = max(peak, (_rss_kb("VmHWM") - base) / 1024)
     return statistics.median(times), statistics.median(cpus), peak, out
