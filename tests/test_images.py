@@ -162,6 +162,9 @@ def test_one_set_symmetric_zero_diagonal_and_euclidean(small_mnist):
     assert D.shape == (5, 5) and D.dtype == torch.float32
     torch.testing.assert_close(D, D.T)
     assert bool((D.diagonal() == 0).all()) and bool((D + torch.eye(5) > 0).all())
+    # the float32 path (float32 exp-domain stencil) agrees with float64
+    D64 = pairwise_distances(small_mnist, metric="hk", kappa=1.5, blur=0.7, dtype=F64)
+    torch.testing.assert_close(D.double(), D64, rtol=1e-4, atol=1e-4)
     E = pairwise_distances(small_mnist, metric="euclidean", dtype=F64)
     torch.testing.assert_close(E, torch.cdist(small_mnist.reshape(5, -1), small_mnist.reshape(5, -1)))
 

@@ -146,7 +146,7 @@ def _masses(w: Tensor, name: str) -> Tensor:
 # ---------------------------------------------------------------------------- the backend
 # The fast path works in the exp domain in float64: a sum whose value falls below _TINY may have
 # lost terms to underflow (terms below 1e-308 are dropped), so its pair is redone in the log domain.
-_TINY = 1e-200
+_TINY = {torch.float64: 1e-200, torch.float32: 1e-30}
 
 
 class GridPairsBackend:
@@ -165,10 +165,10 @@ class GridPairsBackend:
       over the target pixels that can reach some source mass (the others cannot enter a row
       that matters: rows with zero source weight never enter the value).
 
-    The exp-domain sums are float64; a pair in which a sum that matters underflows (below
-    ``1e-200``) is recomputed exactly with a log-sum-exp over the same separable / stencil
-    structure, so the result equals the log-domain soft-min (Schmitzer 2019, Sec. 3: a
-    stabilised kernel with a log-domain fallback).
+    The exp-domain sums are in ``exp_dtype``; a pair in which a sum that matters underflows (below
+    ``1e-200`` in float64, ``1e-30`` in float32) is recomputed exactly with a log-sum-exp over
+    the same separable / stencil structure, so the result equals the log-domain soft-min
+    (Schmitzer 2019, Sec. 3: a stabilised kernel with a log-domain fallback).
 
     Args:
         a: ``(B, H * W)`` source weights. b: ``(B, H * W)`` target weights.
@@ -176,13 +176,16 @@ class GridPairsBackend:
         kind: ``"separable"`` or ``"stencil"``.
         spacing: grid spacing in the length units of the cost.
         kappa: HK scale (``kind="stencil"``).
+        exp_dtype: dtype of the exp-domain kernel products (float64 has more range: fewer
+            log-domain fallbacks; float32 is about twice as fast).
     """
 
     name = "grid_pairs"
 
     def __init__(self, a: Tensor, b: Tensor, shape: tuple[int, int], *, kind: str, spacing: float,
-                 kappa: float | None = None) -> None:
+                 kappa: float | None = None, exp_dtype: torch.dtype = torch.float64) -> None:
         self.a, self.b = a, b
+        self.exp_dtype = exp_dtype
         self.H, self.W = shape
         self.kind = kind
         self.log_a, self.log_b = safe_log(a), safe_log(b)
@@ -221,6 +224,14 @@ class GridPairsBackend:
 
     def _kernels(self, eps: float) -> tuple[Tensor, ...]:
         hit = self._kern.get(eps)
+        if hit is not None:
+            return hit
+        hit = tuple(k.to(self.exp_dtype) for k in self._kernels64(eps))
+        self._kern = {eps: hit}  # one eps at a time (eps-scaling moves on)
+        return hit
+
+    def _kernels64(self, eps: float) -> tuple[Tensor, ...]:
+        hit = None
         if hit is None:
             if self.kind == "separable":
                 hit = (torch.exp(-self.C_rows / eps), torch.exp(-self.C_cols / eps))
@@ -235,7 +246,6 @@ class GridPairsBackend:
                 T = torch.where(inside[:, None, :], k[:, (dc.clamp(-R, R) + R)].permute(1, 0, 2),
                                 torch.zeros((), dtype=k.dtype, device=k.device))
                 hit = (T.reshape(W, -1),)
-            self._kern = {eps: hit}  # one eps at a time (eps-scaling moves on)
         return hit
 
     # ------------------------------------------------------------------ soft-min
@@ -246,7 +256,8 @@ class GridPairsBackend:
         whose value matters); other rows may come out as anything finite or ``+-inf``.
         """
         B = h.shape[0]
-        h64 = h.to(torch.float64)
+        h64 = h if h.dtype == self.exp_dtype else h.to(self.exp_dtype)
+        tiny = _TINY[h64.dtype]
         if mask is not None:
             h64 = torch.where(mask, h64, torch.full_like(h64, -math.inf))
         if self.kind == "separable":
@@ -261,8 +272,8 @@ class GridPairsBackend:
             s2 = torch.matmul(K_rows, torch.exp(T - m2))  # (B, H, W): sum over rows j_r
             out = (m2 + safe_log(s2)).reshape(B, -1)
             # stage-1 underflow anywhere, or stage-2 underflow in a row that matters
-            live1 = row_live & (s1 < _TINY)
-            bad = live1.flatten(1).any(1) | ((s2.reshape(B, -1) < _TINY) & rows).any(1)
+            live1 = row_live & (s1 < tiny)
+            bad = live1.flatten(1).any(1) | ((s2.reshape(B, -1) < tiny) & rows).any(1)
         else:
             (T,) = self._kernels(eps)
             R, H, W = self.R, self.H, self.W
@@ -278,11 +289,11 @@ class GridPairsBackend:
             out = M + safe_log(s)
             # A row with some live target pixel in its stencil must not come out ~0.
             live = self.live_x if mask is self.mask_x else self.live_y
-            bad = ((s < _TINY) & rows & live).any(1)
+            bad = ((s < tiny) & rows & live).any(1)
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             self.n_fallback += int(idx.numel())
-            out[idx] = self._log_kernel_exact(eps, h64[idx])
+            out[idx] = self._log_kernel_exact(eps, h64[idx]).to(out.dtype)
         return out.to(h.dtype)
 
     def _log_kernel_exact(self, eps: float, h: Tensor) -> Tensor:
@@ -290,15 +301,16 @@ class GridPairsBackend:
         B = h.shape[0]
         hh = h.reshape(B, self.H, self.W)
         if self.kind == "separable":
-            T = torch.logsumexp(hh.unsqueeze(2) - (self.C_cols / eps), dim=-1)  # (B, H, W)
-            S = torch.logsumexp(T.unsqueeze(1) - (self.C_rows / eps).unsqueeze(-1), dim=2)
+            Cc, Cr = (self.C_cols / eps).to(h.dtype), (self.C_rows / eps).to(h.dtype)
+            T = torch.logsumexp(hh.unsqueeze(2) - Cc, dim=-1)  # (B, H, W)
+            S = torch.logsumexp(T.unsqueeze(1) - Cr.unsqueeze(-1), dim=2)
             return S.reshape(B, -1)
         R = self.R
         padded = torch.nn.functional.pad(hh, (R, R, R, R), value=-math.inf)
         views = torch.stack(
             [padded[:, R + dr: R + dr + self.H, R + dc: R + dc + self.W] for dr, dc in self.offsets], 1
         )
-        c = torch.stack([self.C_sten[R + dr, R + dc] for dr, dc in self.offsets])
+        c = torch.stack([self.C_sten[R + dr, R + dc] for dr, dc in self.offsets]).to(h.dtype)
         return torch.logsumexp(views - (c / eps).view(1, -1, 1, 1), dim=1).reshape(B, -1)
 
     def softmin_x(self, eps: float, g: Tensor) -> Tensor:
@@ -365,7 +377,10 @@ class _Problem:
         self.eps_list = epsilon_schedule(cost.eps_start(diameter), self.eps, scaling, cost.p)
 
     def ops(self, a: Tensor, b: Tensor) -> GridPairsBackend:
-        return GridPairsBackend(a, b, self.shape, kind=self.kind, spacing=self.spacing, kappa=self.kappa)
+        return GridPairsBackend(a, b, self.shape, kind=self.kind, spacing=self.spacing, kappa=self.kappa,
+                                # float32 lacks the range for the separable W2 kernel (many
+                                # fallbacks); the HK stencil is short-range and fine in float32.
+                                exp_dtype=torch.float64 if self.kind == "separable" else a.dtype)
 
     def value(self, a: Tensor, b: Tensor, *, symmetric: bool = False) -> Tensor:
         """Entropic ``OT_eps(a_k, b_k)`` for a block: ``(B, P), (B, P) -> (B,)``."""
