@@ -89,9 +89,8 @@ class PlanSampler:
             percent, not to machine precision; 200 is plenty with ``tol=1e-3``.
         tol: stopping tolerance on the potentials, relative to ``eps``.
         scaling: eps-scaling ratio (see :func:`torchuot.sinkhorn`).
-        replace: draw the ``k`` pairs with replacement (as TorchCFM does); with ``False``
-            and ``method`` in ``("ot", "exact")`` on equal sizes, every source index appears
-            at most once per batch only in expectation, so ``True`` is the default.
+        replace: draw the ``k`` pairs with replacement (TorchCFM's default). Without
+            replacement ``k`` may not exceed the number of non-zero entries of the plan.
         on_failure: ``"raise"`` (default) or ``"warn"`` (fall back to independent pairs with a
             warning) when the plan underflows or is not finite.
     """

@@ -115,16 +115,16 @@ class TranslationReport(L.Callback):
             out["knn_accuracy_on_targets"] = float(
                 (nearest_neighbour_labels(x1[valid], ref_x, ref_y) == y1[valid]).float().mean()
             )
-        show = self._pick(y0, self.n_show)
+        show = self._pick(y0, len(x0), self.n_show)
         save_sample_grid(x0[show], xt[show], out_dir / "samples.png")
         return out
 
     @staticmethod
-    def _pick(labels: torch.Tensor | None, n: int) -> torch.Tensor:
+    def _pick(labels: torch.Tensor | None, total: int, n: int) -> torch.Tensor:
+        """Indices of ``n`` samples: the first of each class, then the next ones in order."""
         if labels is None:
-            return torch.arange(min(n, 10**9))
-        first = []
-        for c in torch.unique(labels).tolist():
-            first.append(int(torch.nonzero(labels == c)[0]))
-        rest = [i for i in range(len(labels)) if i not in set(first)]
+            return torch.arange(min(n, total))
+        first = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels).tolist()]
+        taken = set(first)
+        rest = [i for i in range(total) if i not in taken]
         return torch.tensor((first + rest)[:n])
