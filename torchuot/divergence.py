@@ -46,6 +46,7 @@ def sinkhorn_divergence(
     tol: float = 1e-6,
     grad: str = "envelope",
     backend: str = "auto",
+    momentum: bool = True,
 ) -> Tensor:
     """Debiased (unbalanced) Sinkhorn divergence ``S_eps(a, b)``.
 
@@ -65,7 +66,7 @@ def sinkhorn_divergence(
     # One schedule for the three problems, from the joint diameter (as GeomLoss).
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops_xy)
     common = dict(max_iter=max_iter, tol=tol, grad=grad)
-    f, g, *_ = _solve(ops_xy, pen_a, pen_b, eps_list, symmetric=False, **common)
+    f, g, *_ = _solve(ops_xy, pen_a, pen_b, eps_list, symmetric=False, momentum=momentum, **common)
     f_aa, _, *_ = _solve(ops_xx, pen_a, pen_a, eps_list, symmetric=True, **common)
     g_bb, _, *_ = _solve(ops_yy, pen_b, pen_b, eps_list, symmetric=True, **common)
     ot_ab = dual_value(ops_xy, pen_a, pen_b, eps_f, f, g)
