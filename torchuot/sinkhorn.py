@@ -224,8 +224,9 @@ def sinkhorn_loop(
         f_new, g_new = step(eps, f, g, omega)
         n_iters += 1
         with torch.no_grad():
-            change = max(_sup(f_new - f), _sup(g_new - g))
-            scale = max(_sup(f_new), _sup(g_new), eps)
+            # One host synchronisation per iteration: both sup-norms in one tensor.
+            change, scale = _sups(f_new - f, g_new - g, f_new, g_new)
+            scale = max(scale, eps)
         f, g = f_new, g_new
         if change <= max(tol * eps, 16 * res * scale):
             converged = True
@@ -261,9 +262,14 @@ def _momentum(changes: list[float], change: float, omega: float, rises: int) -> 
     return omega, rises
 
 
-def _sup(t: Tensor) -> float:
-    t = t[torch.isfinite(t)]
-    return float(t.abs().max()) if t.numel() else 0.0
+def _sups(df: Tensor, dg: Tensor, f: Tensor, g: Tensor) -> tuple[float, float]:
+    """``(max(|df|, |dg|), max(|f|, |g|))`` over finite entries, with one device sync."""
+    def sup(t: Tensor) -> Tensor:
+        t = t.detach().abs()
+        return torch.where(torch.isfinite(t), t, torch.zeros_like(t)).amax()
+
+    out = torch.stack([torch.maximum(sup(df), sup(dg)), torch.maximum(sup(f), sup(g))]).tolist()
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------- public solver
