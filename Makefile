@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,train,embed,keops
 DATA_ROOT ?= ../shared/data
 
-.PHONY: venv install demo test test-all lint bench clean
+.PHONY: venv install demo demo-flow test test-all lint bench bench-deps clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(VENV)/.installed
 		--trainer.default_root_dir outputs/demo
 	@cat outputs/demo/report/metrics.json
 
+# The small gradient-flow demo of the core library (balanced vs unbalanced particle flow).
+demo-flow: $(VENV)/.installed
+	$(PY) examples/gradient_flow.py --out outputs/gradient_flow
+
 test: $(VENV)/.installed
 	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q
 
@@ -36,7 +40,11 @@ test-all: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV)/.installed
+# TorchCFM is only a benchmark reference; --no-deps avoids torchdyn/pandas (it needs numpy, POT, torch).
+bench-deps: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps torchcfm==1.0.7
+
+bench: bench-deps
 	$(PY) benchmarks/bench_sinkhorn.py
 
 clean:
