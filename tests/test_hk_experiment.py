@@ -29,7 +29,7 @@ def test_runner_on_a_tiny_pneumoniamnist_set(shared_data, tmp_path):
     md = stem.with_suffix(".md").read_text()
     assert "| HK vs W2 | all |" in md and "Win rates" in md
     # distance matrices were cached: a second run reuses them
-    assert len(list((tmp_path / "cache").glob("D_*.npy"))) == 3
+    assert len(list((tmp_path / "cache" / "pneumoniamnist").glob("D_*.npy"))) == 3
     assert {w["comparison"] for w in res["wins"]} == {"HK vs W2", "HK vs Euclidean", "W2 vs Euclidean"}
 
 

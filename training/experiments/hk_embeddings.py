@@ -167,6 +167,7 @@ def run(dataset: str, *, n: int, seeds: int, kappa: float, blur: float, tol: flo
         cache: Path | None = None, progress: bool = False) -> dict:
     """The whole study for one dataset; writes ``hk_embeddings_<dataset>.{md,csv,png}``."""
     images, y = load_images(dataset, n, root=root)
+    cache = None if cache is None else cache / dataset  # one cache folder per dataset
     Ds = distance_matrices(images, kappa=kappa, blur=blur, tol=tol, cache=cache, progress=progress)
     seed_list = list(range(seeds))
     rows, embeddings, dims = [], {}, {}
