@@ -3,7 +3,7 @@
 from .costs import CallableCost, Cost, HKConeCost, PowerCost, SquaredEuclidean
 from .divergence import hk_distance, sinkhorn_divergence
 from .losses import HKLoss, SinkhornDivergence, UnbalancedSinkhornLoss
-from .penalties import KL, TV, Balanced, Penalty
+from .penalties import KL, TV, Balanced, Penalty, ReverseKL
 from .result import UOTResult
 from .sinkhorn import epsilon_schedule, sinkhorn
 
@@ -27,4 +27,5 @@ __all__ = [
     "KL",
     "TV",
     "Balanced",
+    "ReverseKL",
 ]

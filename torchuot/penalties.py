@@ -171,7 +171,7 @@ def make_penalty(penalty: PenaltyLike, rho: float | None) -> Penalty:
         penalty = "kl"
     if not isinstance(penalty, str) or penalty.lower() not in _NAMES:
         raise ValueError(
-            f"unknown marginal penalty {penalty!r}: use 'kl', 'tv', 'balanced' or a "
+            f"unknown marginal penalty {penalty!r}: use one of {sorted(_NAMES)} or a "
             "torchuot.penalties.Penalty instance."
         )
     name = penalty.lower()
