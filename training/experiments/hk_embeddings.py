@@ -63,7 +63,8 @@ def distance_matrices(images: torch.Tensor, *, kappa: float, blur: float, tol: f
             "W2": dict(metric="w2", blur=blur, tol=tol),
             "HK": dict(metric="hk", kappa=kappa, blur=blur, tol=tol)}
     for name, kw in spec.items():
-        path = None if cache is None else cache / f"D_{name}_kappa{kappa:g}_blur{blur:g}_n{len(images)}.npy"
+        tag = {"Euclidean": "", "W2": f"_blur{blur:g}", "HK": f"_kappa{kappa:g}_blur{blur:g}"}[name]
+        path = None if cache is None else cache / f"D_{name}{tag}_n{len(images)}_tol{tol:g}.npy"
         if path is not None and path.exists():
             out[name] = np.load(path)
             continue
