@@ -421,6 +421,9 @@ def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter:
                                       tol=tol, symmetric=symmetric, momentum=momentum)
     if grad == "envelope":
         f, g = f.detach(), g.detach()
+    release = getattr(ops, "release_cache", None)
+    if release is not None:  # loop-only buffers (the tensorized kernel cache) are not needed now
+        release()
     return f, g, n, conv
 
 

@@ -144,6 +144,10 @@ class TensorizedBackend:
         self._cache[side] = (eps, h.clone(), S0, K0, live)
         return S0
 
+    def release_cache(self) -> None:
+        """Free the loop's cached kernels (two ``N x M`` buffers)."""
+        self._cache.clear()
+
     # ------------------------------------------------------ differentiable evaluations
     def softmin_x_autograd(self, eps: float, g: Tensor) -> Tensor:
         """Log-domain soft-min, differentiable w.r.t. ``x, y, b`` (and ``g``)."""
