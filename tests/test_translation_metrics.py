@@ -1,0 +1,176 @@
+"""Translation metrics on cases with known answers: closed-form Fréchet distances, a perfect
+translator (100% preservation, FID near 0) and a class-swapping one (0% preservation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from models.classifier import SmallCNN
+from training.metrics import (
+    accuracy,
+    class_flip_matrix,
+    class_preservation,
+    extract_features,
+    feature_fid,
+    frechet_distance,
+    gaussian_statistics,
+    train_classifier,
+    transport_cost,
+)
+
+
+def _random_spd(d: int, gen: torch.Generator) -> torch.Tensor:
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    return a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def _scipy_frechet(mu1, s1, mu2, s2) -> float:
+    """Reference: the usual FID formula with scipy's (non-symmetric) matrix square root."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_frechet_distance_diagonal_closed_form(gen):
+    mu1, mu2 = (torch.randn(5, generator=gen, dtype=torch.float64) for _ in range(2))
+    v1, v2 = (torch.rand(5, generator=gen, dtype=torch.float64) + 0.1 for _ in range(2))
+    expected = float(((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum())
+    got = frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2))
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_frechet_distance_general_matches_scipy(gen):
+    d = 6
+    mu1, mu2 = (torch.randn(d, generator=gen, dtype=torch.float64) for _ in range(2))
+    s1, s2 = _random_spd(d, gen), _random_spd(d, gen)
+    ref = _scipy_frechet(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-7)
+    # symmetric, zero on identical Gaussians
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(ref, rel=1e-7)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_feature_fid_of_gaussian_samples_converges_to_closed_form(gen):
+    d, n = 3, 40000
+    mu1, mu2 = torch.zeros(d, dtype=torch.float64), torch.tensor([1.0, -0.5, 0.0], dtype=torch.float64)
+    s1, s2 = _random_spd(d, gen), _random_spd(d, gen)
+    x1 = mu1 + torch.randn(n, d, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(s1).T
+    x2 = mu2 + torch.randn(n, d, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(s2).T
+    exact = frechet_distance(mu1, s1, mu2, s2)
+    assert exact > 1.0
+    assert feature_fid(x1, x2) == pytest.approx(exact, rel=0.05)
+    # statistics themselves
+    mu, cov = gaussian_statistics(x1)
+    torch.testing.assert_close(cov, s1, rtol=0.05, atol=0.05 * float(s1.abs().max()))
+    assert mu.abs().max() < 0.05 * math.sqrt(float(s1.diag().max()))
+
+
+def test_feature_fid_of_a_set_with_itself_is_zero(gen):
+    f = torch.randn(500, 16, generator=gen)
+    assert feature_fid(f, f) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_bad_inputs():
+    with pytest.raises(ValueError, match="mu1"):
+        frechet_distance(torch.zeros(2, 2), torch.eye(2), torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="s2"):
+        frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(2), torch.eye(3))
+    with pytest.raises(ValueError, match="same shape"):
+        frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(2))
+    with pytest.raises(ValueError, match="not finite"):
+        frechet_distance(torch.tensor([float("nan"), 0.0]), torch.eye(2), torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="n >= 2"):
+        gaussian_statistics(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="same D"):
+        feature_fid(torch.zeros(4, 3), torch.zeros(4, 2))
+
+
+# ---------------------------------------------------------------------------- classifier metrics
+def _shapes(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three easily told-apart classes of noisy 28x28 images: horizontal bar, vertical bar, box."""
+    y = torch.arange(n) % 3
+    x = -torch.ones(n, 1, 28, 28)
+    x[y == 0, :, 12:16, 4:24] = 1.0
+    x[y == 1, :, 4:24, 12:16] = 1.0
+    box = torch.zeros(28, 28, dtype=torch.bool)
+    box[6:22, 6:22] = True
+    box[9:19, 9:19] = False
+    x[(y == 2).nonzero().flatten()[:, None], 0, box.nonzero()[:, 0], box.nonzero()[:, 1]] = 1.0
+    return x + 0.2 * torch.randn(x.shape, generator=gen), y
+
+
+@pytest.fixture(scope="module")
+def shape_classifier():
+    gen = torch.Generator().manual_seed(1)
+    x, y = _shapes(300, gen)
+    net = train_classifier(x, y, n_classes=3, epochs=2, batch_size=32, width=8, feature_dim=16, seed=0)
+    xt, yt = _shapes(150, gen)
+    return net, xt, yt
+
+
+def test_classifier_learns_the_shapes(shape_classifier):
+    net, xt, yt = shape_classifier
+    assert accuracy(net, xt, yt) == 1.0
+
+
+def test_perfect_translator_preserves_every_class_and_has_fid_near_zero(shape_classifier):
+    net, x_target, y = shape_classifier
+    gen = torch.Generator().manual_seed(7)
+    # the "translation" of source sample i is a fresh target-domain image of the same class
+    x_translated, y_translated = _shapes(150, gen)
+    assert torch.equal(y_translated, y)
+    assert class_preservation(net, x_translated, y) == 1.0
+    flips = class_flip_matrix(net, x_translated, y, [0, 1, 2])
+    torch.testing.assert_close(flips, torch.eye(3, dtype=torch.float64))
+    f_t, f_ref = extract_features(net, x_translated), extract_features(net, x_target)
+    fid_same = feature_fid(f_t, f_ref)
+    assert feature_fid(f_ref, f_ref) == pytest.approx(0.0, abs=1e-6)
+    # a translator that maps everything to class 0 is far away in feature space
+    fid_collapsed = feature_fid(extract_features(net, x_target[y == 0].repeat(3, 1, 1, 1)), f_ref)
+    assert fid_same < 0.05 * fid_collapsed
+
+
+def test_class_swapping_translator_preserves_nothing(shape_classifier):
+    net, x_target, y = shape_classifier
+    perm = torch.tensor([1, 2, 0])
+    # translate each source of class c into a target image of class perm[c]
+    pools = [x_target[y == c] for c in range(3)]
+    x_swapped = torch.stack([pools[int(perm[c])][k % 50] for k, c in enumerate(y.tolist())])
+    assert class_preservation(net, x_swapped, y) == 0.0
+    expected = torch.zeros(3, 3, dtype=torch.float64)
+    expected[torch.arange(3), perm] = 1.0
+    torch.testing.assert_close(class_flip_matrix(net, x_swapped, y, [0, 1, 2]), expected)
+
+
+def test_transport_cost_known_value():
+    x0 = torch.zeros(5, 1, 2, 2)
+    xt = torch.ones(5, 1, 2, 2)
+    assert transport_cost(x0, xt) == pytest.approx(4.0)
+    assert transport_cost(x0, x0) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        transport_cost(x0, torch.ones(5, 1, 2, 3))
+
+
+def test_small_cnn_shapes_and_errors():
+    net = SmallCNN(1, 4, width=4, feature_dim=8)
+    x = torch.zeros(3, 1, 28, 28)
+    assert net(x).shape == (3, 4) and net.features(x).shape == (3, 8)
+    with pytest.raises(ValueError, match="x must be"):
+        net(torch.zeros(3, 2, 28, 28))
+    with pytest.raises(ValueError, match="n_classes"):
+        SmallCNN(1, 0)
+    with pytest.raises(ValueError, match="image_size"):
+        SmallCNN(1, 3, image_size=30)
+
+
+def test_train_classifier_and_accuracy_bad_inputs():
+    with pytest.raises(ValueError, match="labels must lie"):
+        train_classifier(torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 2, 5]), n_classes=3)
+    with pytest.raises(ValueError, match="x must be"):
+        train_classifier(torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="equal length"):
+        accuracy(SmallCNN(1, 3, width=4), torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
