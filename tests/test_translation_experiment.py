@@ -18,7 +18,7 @@ TINY = dict(
     n_eval=24,
     classifier_epochs=1,
     progress=False,
-    threads=2,
+    threads=1,
 )
 
 
