@@ -407,6 +407,9 @@ def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
         "[-1, 1], 784 pixels). Class flip matrices (seed "
         f"{cfg.seeds[0]}; rows = source class, columns = predicted class of the translation) are in the "
         "JSON.",
+        "Reading the FID column: a class-preserving translator keeps the *source* class proportions while "
+        "the held-out target has the *target* proportions, so feature FID against the target also rewards "
+        "changing classes; read it together with class preservation.",
         f"Total wall time {res['total_time_s']} s on {res['machine']}.",
         "",
     ]
