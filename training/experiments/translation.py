@@ -98,6 +98,7 @@ class TranslationConfig:
     target_transform: str | None = "dilate"
     max_per_domain: int | None = None
     data_seed: int = 0
+    val_fraction: float = 0.1
     batch_size: int = 64
     steps: int = 300
     lr: float = 2e-3
@@ -148,7 +149,7 @@ class TranslationConfig:
 def build_data(cfg: TranslationConfig) -> UnpairedDataModule:
     """The unpaired source / target data module of the task (set up)."""
     if cfg.task == "mnist":
-        base = MNISTDataModule(root=cfg.root, seed=cfg.data_seed)
+        base = MNISTDataModule(root=cfg.root, seed=cfg.data_seed, val_fraction=cfg.val_fraction)
     else:
         base = MedMNISTDataModule(root=cfg.root, flag="pneumoniamnist", size=28, seed=cfg.data_seed)
     dm = UnpairedDataModule(
@@ -224,7 +225,8 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     tgt_classes = dm.target_classes
     x0_tr, y0_tr, x1_tr, y1_tr = dm.domain("train")
-    x0_te, y0_te, x1_te, y1_te = dm.domain("test")
+    # Held-out evaluation set: the val and test splits together (neither is used in training).
+    x0_te, y0_te, x1_te, y1_te = (torch.cat(p) for p in zip(dm.domain("val"), dm.domain("test"), strict=True))
     x0_ev, y0_ev = x0_te[: cfg.n_eval], y0_te[: cfg.n_eval]
     dev = "cuda" if cfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
 
