@@ -32,7 +32,7 @@ demo-flow: $(VENV)/.installed
 	$(PY) examples/gradient_flow.py --out outputs/gradient_flow
 
 test: $(VENV)/.installed
-	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q
+	OMP_WAIT_POLICY=passive TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q
 
 test-all: $(VENV)/.installed
 	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q -m "not gpu"
