@@ -27,6 +27,12 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * _PAGE
 
 
+def _sample_rss(stop: threading.Event, top: list[int]) -> None:
+    while not stop.is_set():
+        top[0] = max(top[0], _rss())
+        time.sleep(0.001)
+
+
 def measure(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float, float]:
     """Run ``fn`` ``repeat`` times; return (last result, best seconds, peak extra MiB).
 
@@ -47,12 +53,7 @@ def measure(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float, float]:
         top = [base_rss]
         stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.is_set():
-                top[0] = max(top[0], _rss())
-                time.sleep(0.001)
-
-        th = threading.Thread(target=sample, daemon=True)
+        th = threading.Thread(target=_sample_rss, args=(stop, top), daemon=True)
         th.start()
         t0 = time.perf_counter()
         out = fn()

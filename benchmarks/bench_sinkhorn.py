@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-pot", action="store_true", help="skip POT (slow at N=4000)")
+    ap.add_argument("--geomloss-scalings", type=float, nargs="+",
+                    default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995],
+                    help="GeomLoss scalings to try, cheapest first (start higher to save time)")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
@@ -128,14 +132,13 @@ def main() -> None:
             ref = float(tu.sinkhorn_divergence(x.double(), y.double(), a.double(), b.double(),
                                                blur=args.blur, reach=args.reach, tol=1e-10,
                                                max_iter=20000))
-            ours, ok1 = cheapest(lambda t: run_torchuot(x, y, a, b, args.blur, args.reach, t),
+            ours, ok1 = cheapest(partial(run_torchuot, x, y, a, b, args.blur, args.reach),
                                  [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4], ref, args.target, args.repeat)
-            geo, ok2 = cheapest(lambda s: run_geomloss(x, y, a, b, args.blur, args.reach, s),
-                                [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995], ref,
-                                args.target, args.repeat)
+            geo, ok2 = cheapest(partial(run_geomloss, x, y, a, b, args.blur, args.reach),
+                                args.geomloss_scalings, ref, args.target, args.repeat)
             entries = [("torchuot", "tol", ours, ok1), ("geomloss-tensorized", "scaling", geo, ok2)]
             if not args.no_pot:
-                pot, ok3 = cheapest(lambda s: run_pot(x, y, a, b, args.blur, args.reach, s),
+                pot, ok3 = cheapest(partial(run_pot, x, y, a, b, args.blur, args.reach),
                                     [1e-5, 1e-7, 1e-9, 1e-11, 1e-13], ref, args.target, 1)
                 entries.append(("pot (fwd only, f64)", "stopThr", pot, ok3))
             for name, knob, r, ok in entries:

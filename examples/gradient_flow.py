@@ -1,9 +1,10 @@
 """Gradient flow of a point cloud onto a target of different mass, balanced vs unbalanced.
 
 The source is a blob of 1 unit of mass; the target holds 1.5 units spread over two clusters
-plus a far-away outlier cluster (1/9 of the target's points). Each particle follows ``-grad_x S_eps(a, b) / a_i`` (a Wasserstein
-gradient step on the debiased Sinkhorn divergence). Balanced OT must send mass to the outliers;
-unbalanced OT (KL marginals, ``reach``) may leave them.
+plus a far-away outlier cluster (1/9 of the target's points). Each particle follows
+``-grad_x S_eps(a, b) / a_i`` (a Wasserstein gradient step on the debiased Sinkhorn
+divergence). Balanced OT must send mass to the outliers; unbalanced OT (KL marginals,
+``reach``) may leave them.
 
     python examples/gradient_flow.py --out outputs/gradient_flow
 
@@ -20,7 +21,6 @@ from pathlib import Path
 import torch
 
 import torchuot as tu
-
 
 OUTLIERS = torch.tensor([0.25, 1.6])
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
         for ax, pts, title in zip(axes, (x0, xb, xu), ("start", "balanced (reach=None)",
-                                                        f"unbalanced (reach={args.reach})")):
+                                                        f"unbalanced (reach={args.reach})"), strict=False):
             ax.scatter(*y.T, s=6, c="tab:orange", alpha=0.5, label="target (mass 1.5)")
             ax.scatter(*pts.T, s=6, c="tab:blue", alpha=0.7, label="particles (mass 1)")
             ax.set_title(title)
