@@ -4,13 +4,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import data_root
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path):
+def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Kernels run in notebooks/: hand them the data root as an absolute path.
+    monkeypatch.setenv("TORCHUOT_DATA_ROOT", str(data_root()))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
