@@ -8,7 +8,7 @@ import torch
 
 from ._typing import Tensor
 
-__all__ = ["as_points", "as_weights", "check_pair", "check_positive"]
+__all__ = ["as_points", "as_point_pair", "as_weights", "check_pair", "check_positive"]
 
 
 def as_points(x: object, name: str) -> tuple[Tensor, bool]:
@@ -70,6 +70,19 @@ def as_weights(a: object | None, x: Tensor, name: str, xname: str) -> Tensor:
             f"{name} has zero total mass in at least one batch entry; each measure needs positive mass."
         )
     return ab
+
+
+def as_point_pair(x: object, y: object) -> tuple[Tensor, Tensor, bool]:
+    """Validate two clouds together: ``(B, N, D)``, ``(B, M, D)`` and whether they were batched."""
+    xb, batched = as_points(x, "x")
+    yb, batched_y = as_points(y, "y")
+    if batched != batched_y:
+        raise ValueError(
+            f"x and y must both be batched (B, N, D) or both unbatched (N, D); got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}."  # type: ignore[attr-defined]
+        )
+    check_pair(xb, yb)
+    return xb, yb, batched
 
 
 def check_pair(x: Tensor, y: Tensor) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ._typing import Tensor
-from ._validation import as_points, as_weights, check_pair, check_positive
+from ._validation import as_point_pair, as_weights, check_positive
 from .backends import resolve_backend
 from .costs import Cost, CostLike, make_cost
 from .penalties import Penalty, PenaltyLike, make_penalty
@@ -356,14 +356,7 @@ def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a,
 
     Returns ``(x, y, a, b)`` batched, ``batched``, the cost, ``eps`` and the two penalties.
     """
-    xb, batched = as_points(x, "x")
-    yb, batched_y = as_points(y, "y")
-    if batched != batched_y:
-        raise ValueError(
-            f"x and y must both be batched (B, N, D) or both unbatched (N, D); got shapes "
-            f"{tuple(x.shape)} and {tuple(y.shape)}."
-        )
-    check_pair(xb, yb)
+    xb, yb, batched = as_point_pair(x, y)
     ab = as_weights(a, xb, "a", "x")
     bb = as_weights(b, yb, "b", "y")
     cost_obj = make_cost(cost, p=p)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ._typing import Tensor
-from ._validation import as_points, as_weights, check_pair, check_positive
+from ._validation import as_point_pair, as_points, as_weights, check_pair, check_positive
 from .losses import _check_reduction, _reduce, _split_args
 from .penalties import PenaltyLike
 from .sinkhorn import sinkhorn
@@ -171,14 +171,7 @@ def _check_p(p: object) -> float:
 
 
 def _prepare(x, y, a, b, *, balanced: bool = True):
-    xb, batched = as_points(x, "x")
-    yb, batched_y = as_points(y, "y")
-    if batched != batched_y:
-        raise ValueError(
-            f"x and y must both be batched (B, N, D) or both unbatched (N, D); got shapes "
-            f"{tuple(x.shape)} and {tuple(y.shape)}."
-        )
-    check_pair(xb, yb)
+    xb, yb, batched = as_point_pair(x, y)
     ab = None if a is None else as_weights(a, xb, "a", "x")
     bb = None if b is None else as_weights(b, yb, "b", "y")
     if balanced and (ab is not None or bb is not None):
@@ -569,11 +562,7 @@ def min_swgg(
     Returns:
         A :class:`SWGGResult`.
     """
-    xb, batched = as_points(x, "x")
-    yb, batched_y = as_points(y, "y")
-    if batched != batched_y:
-        raise ValueError("x and y must both be batched (B, N, D) or both unbatched (N, D).")
-    check_pair(xb, yb)
+    xb, yb, batched = as_point_pair(x, y)
     if xb.shape[1] != yb.shape[1]:
         raise ValueError(
             f"min_swgg lifts a permutation: x and y need the same number of points, got "

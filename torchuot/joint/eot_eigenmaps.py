@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .._typing import Tensor
-from .._validation import as_points, check_pair
+from .._validation import as_point_pair
 from ..sinkhorn import sinkhorn
 
 __all__ = ["EOTEmbedding", "eot_eigenmaps", "median_bandwidth"]
@@ -77,12 +77,7 @@ def eot_eigenmaps(
     Returns:
         An :class:`EOTEmbedding`.
     """
-    xb, batched = as_points(x, "x")
-    yb, batched_y = as_points(y, "y")
-    if batched != batched_y:
-        raise ValueError(f"x and y must both be batched or both unbatched, got shapes "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}.")
-    check_pair(xb, yb)
+    xb, yb, batched = as_point_pair(x, y)
     B, N, M = xb.shape[0], xb.shape[1], yb.shape[1]
     kmax = min(N, M) - 1
     if n_components is not None and (
