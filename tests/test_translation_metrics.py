@@ -13,8 +13,10 @@ import torch
 from models.classifier import SmallCNN
 from training.metrics import (
     accuracy,
+    balanced_accuracy,
     class_flip_matrix,
     class_preservation,
+    class_weights,
     extract_features,
     feature_fid,
     frechet_distance,
@@ -146,6 +148,74 @@ def test_class_swapping_translator_preserves_nothing(shape_classifier):
     torch.testing.assert_close(class_flip_matrix(net, x_swapped, y, [0, 1, 2]), expected)
 
 
+class _ConstantClassifier(torch.nn.Module):
+    """Always predicts class ``k`` (a real nn.Module: the degenerate, collapsed classifier)."""
+
+    def __init__(self, k: int, n_classes: int) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(k), n_classes).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_balanced_accuracy_of_a_majority_predictor_is_one_over_k():
+    y = torch.tensor([0] * 90 + [1] * 10)
+    x = torch.zeros(100, 1, 4, 4)
+    net = _ConstantClassifier(0, 2)
+    assert accuracy(net, x, y) == pytest.approx(0.9)
+    assert balanced_accuracy(net, x, y) == pytest.approx(0.5)
+    assert class_preservation(net, x, y, balanced=True) == pytest.approx(0.5)
+    y3 = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)
+    assert balanced_accuracy(_ConstantClassifier(2, 3), torch.zeros(10, 1, 4, 4), y3) == pytest.approx(1 / 3)
+
+
+def test_balanced_preservation_is_the_mean_diagonal_of_the_flip_matrix(shape_classifier):
+    net, x_target, y = shape_classifier
+    # an imbalanced "translation": class 0 kept, half of class 1 sent to class 2, class 2 kept
+    pools = [x_target[y == c] for c in range(3)]
+    xs = torch.cat([pools[0][:30], pools[1][:5], pools[2][:5], pools[2][5:10]])
+    ys = torch.tensor([0] * 30 + [1] * 10 + [2] * 5)
+    flips = class_flip_matrix(net, xs, ys, [0, 1, 2])
+    assert class_preservation(net, xs, ys, balanced=True) == pytest.approx(float(flips.diagonal().mean()))
+    assert class_preservation(net, xs, ys, balanced=True) == pytest.approx((1 + 0.5 + 1) / 3)
+    assert class_preservation(net, xs, ys) == pytest.approx(40 / 45)
+
+
+def test_class_weights_are_inverse_frequency():
+    y = torch.tensor([0] * 6 + [1] * 3 + [3] * 1)
+    w = class_weights(y, 4)
+    torch.testing.assert_close(w, torch.tensor([10 / 18, 10 / 9, 0.0, 10 / 3]))
+    counts = torch.bincount(y, minlength=4).float()
+    torch.testing.assert_close(w * counts, torch.tensor([10 / 3, 10 / 3, 0.0, 10 / 3]))
+
+
+def _overlapping_levels(n: int, p1: float, gen: torch.Generator, delta: float = 2.5):
+    """Two classes of 8x8 images whose mean level is N(0, 1) (class 0) or N(delta, 1) (class 1).
+
+    The classes overlap, so the best balanced accuracy is Phi(delta / 2) (threshold at delta/2);
+    with a 2% minority the unweighted risk is lowest near "always class 0".
+    """
+    y = (torch.rand(n, generator=gen) < p1).long()
+    level = torch.randn(n, generator=gen) + delta * y
+    return level[:, None, None, None] + 0.5 * torch.randn(n, 1, 8, 8, generator=gen), y
+
+
+def test_balanced_classifier_does_not_collapse_on_a_strongly_imbalanced_set():
+    gen = torch.Generator().manual_seed(0)
+    x, y = _overlapping_levels(2000, 0.02, gen)
+    x_test, y_test = _overlapping_levels(2000, 0.5, gen)
+    assert int(y.sum()) < 60  # about 2% minority
+    kw = dict(n_classes=2, epochs=3, batch_size=64, width=4, feature_dim=8, seed=0)
+    net = train_classifier(x, y, **kw)  # class_weight="balanced" is the default
+    bayes = 0.5 * (1 + math.erf(1.25 / math.sqrt(2)))  # Phi(delta / 2) = 0.894
+    bacc = balanced_accuracy(net, x_test, y_test)
+    assert 0.8 < bacc < bayes + 0.03
+    # the same training without class weights is allowed to (and here does) collapse
+    plain = train_classifier(x, y, class_weight=None, **kw)
+    assert balanced_accuracy(plain, x_test, y_test) < 0.7
+
+
 def test_transport_cost_known_value():
     x0 = torch.zeros(5, 1, 2, 2)
     xt = torch.ones(5, 1, 2, 2)
@@ -174,3 +244,7 @@ def test_train_classifier_and_accuracy_bad_inputs():
         train_classifier(torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="equal length"):
         accuracy(SmallCNN(1, 3, width=4), torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="equal length"):
+        balanced_accuracy(SmallCNN(1, 3, width=4), torch.zeros(0, 1, 28, 28), torch.zeros(0).long())
+    with pytest.raises(ValueError, match="class_weight must be"):
+        train_classifier(torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 0, 1]), class_weight="inverse")

@@ -1,7 +1,10 @@
 """Metrics of unpaired image translation: class preservation, feature FID, transport cost.
 
 * :func:`class_preservation`: accuracy, against the *source* labels, of a classifier trained
-  on the *target* domain and applied to translated source images (Eyring et al., ICLR 2024).
+  on the *target* domain and applied to translated source images (Eyring et al., ICLR 2024);
+  ``balanced=True`` gives the mean per-class recall instead (:func:`balanced_accuracy`), the
+  number to read when the source classes are imbalanced (a translator that sends everything
+  to the majority class scores the majority's share in plain accuracy, ``1 / K`` balanced).
 * :func:`feature_fid`: Fréchet distance between Gaussians fitted to two sets of features
   (Heusel et al. 2017). Inception weights cannot be downloaded here, so the features come
   from a small CNN trained in this project (:func:`train_classifier`); the numbers are
@@ -32,6 +35,8 @@ __all__ = [
     "transport_cost",
     "train_classifier",
     "accuracy",
+    "balanced_accuracy",
+    "class_weights",
     "extract_features",
     "predict",
 ]
@@ -120,13 +125,31 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((predict(net, x) == y.cpu()).float().mean())
 
 
-def class_preservation(classifier: nn.Module, x_translated: torch.Tensor, y_source: torch.Tensor) -> float:
+def balanced_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean over the classes present in ``y: (n,)`` of the recall of ``net`` on ``x: (n, ...)``.
+
+    Equals :func:`accuracy` when the classes are equally frequent; a constant predictor scores
+    ``1 / K`` (``K`` = number of classes in ``y``) whatever the class proportions.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}.")
+    pred, y = predict(net, x), y.cpu()
+    return float(torch.stack([(pred[y == c] == c).double().mean() for c in torch.unique(y)]).mean())
+
+
+def class_preservation(
+    classifier: nn.Module, x_translated: torch.Tensor, y_source: torch.Tensor, *, balanced: bool = False
+) -> float:
     """Accuracy of the target-domain ``classifier`` on translations against the source labels.
 
     Args:
         classifier: logits network trained on the target domain.
         x_translated: ``(n, C, H, W)`` translated source images. y_source: ``(n,)`` source labels.
+        balanced: mean per-class recall (:func:`balanced_accuracy`) instead of plain accuracy;
+            it is the mean of the diagonal of :func:`class_flip_matrix`.
     """
+    if balanced:
+        return balanced_accuracy(classifier, x_translated, y_source)
     return accuracy(classifier, x_translated, y_source)
 
 
@@ -159,11 +182,25 @@ def transport_cost(x0: torch.Tensor, x_translated: torch.Tensor) -> float:
     return float((x0.double() - x_translated.double()).flatten(1).pow(2).sum(1).mean())
 
 
+def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights ``(n_classes,)``: ``n / (K n_c)`` for the ``K`` present classes.
+
+    Under these weights every present class carries the same total weight in the loss (as
+    scikit-learn's ``class_weight="balanced"``); a class with no sample gets weight 0.
+    """
+    counts = torch.bincount(y.cpu().long(), minlength=n_classes).double()
+    present = counts > 0
+    w = torch.zeros(n_classes, dtype=torch.float64)
+    w[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return w.float()
+
+
 def train_classifier(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
     n_classes: int | None = None,
+    class_weight: str | None = "balanced",
     epochs: int = 3,
     batch_size: int = 128,
     lr: float = 2e-3,
@@ -176,7 +213,14 @@ def train_classifier(
 
     Labels must be ``0 .. n_classes - 1``. Adam, cross-entropy, ``epochs`` passes over shuffled
     data seeded by ``seed``. Returns the network in eval mode on ``device``.
+
+    ``class_weight="balanced"`` (default) weights the cross-entropy by :func:`class_weights`, so
+    a minority class counts as much as the majority and the network cannot settle on always
+    predicting the majority (what an unweighted loss does first on a strongly imbalanced set,
+    and keeps doing when the classes overlap); ``None`` is the plain, unweighted loss.
     """
+    if class_weight not in ("balanced", None):
+        raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}.")
     if x.dim() != 4 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x must be (n, C, H, W) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}.")
     n_classes = int(y.max()) + 1 if n_classes is None else n_classes
@@ -186,6 +230,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SmallCNN(x.shape[1], n_classes, width, feature_dim, x.shape[-1]).to(device)
+    weight = class_weights(y, n_classes).to(device) if class_weight == "balanced" else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for _ in range(epochs):
@@ -194,7 +239,7 @@ def train_classifier(
             idx = perm[s : s + batch_size]
             if len(idx) < 2:
                 continue
-            loss = F.cross_entropy(net(x[idx].to(device)), y[idx].to(device))
+            loss = F.cross_entropy(net(x[idx].to(device)), y[idx].to(device), weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
