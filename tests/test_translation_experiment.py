@@ -6,8 +6,16 @@ import json
 import math
 
 import pytest
+import torch
 
-from training.experiments.translation import TranslationConfig, main, run
+from training.experiments.translation import (
+    MethodSpec,
+    TranslationConfig,
+    balanced_plan_ceiling,
+    coupling_class_transfer,
+    main,
+    run,
+)
 
 TINY = dict(
     steps=2,
@@ -44,11 +52,74 @@ def test_tiny_end_to_end_run_writes_the_report(shared_data, tmp_path):
         assert math.isfinite(r["feature_fid"]) and r["feature_fid"] >= 0
         assert math.isfinite(r["transport_cost"]) and r["transport_cost"] >= 0
     assert 0.0 < res["target_classifier_heldout_accuracy"] <= 1.0
+    assert 0.0 < res["target_classifier_heldout_balanced_accuracy"] <= 1.0
+    for r in res["runs"]:
+        assert 0.0 <= r["class_preservation_balanced"] <= 1.0
+    assert res["balanced_plan_ceiling"] == pytest.approx({"plain": 0.6, "balanced": (1 / 3 + 1 + 1) / 3})
+    for name, m in res["coupling_class_transfer"].items():
+        assert len(m) == 3 and all(sum(row) == pytest.approx(1.0) for row in m)
+        assert saved["summary"][name]["plan_class_match"] == pytest.approx(sum(m[c][c] for c in range(3)) / 3)
     assert res["references"]["source, untranslated"]["transport_cost"] == 0.0
     flips = res["class_flip_matrices_seed0"]["OT-FM"]
     assert len(flips) == 3 and all(abs(sum(row) - 1) < 1e-9 or sum(row) == 0 for row in flips)
     md = (tmp_path / "translation_mnist.md").read_text()
-    assert "| OT-FM |" in md and "Inception" in md
+    assert "| OT-FM |" in md and "Inception" in md and "balanced preservation" in md
+    assert "Ceiling of a balanced map" in md
+
+
+def test_tiny_pneumoniamnist_run_reports_balanced_metrics(shared_data, tmp_path):
+    cfg = TranslationConfig(
+        task="pneumoniamnist",
+        root=str(shared_data),
+        source_classes=[0, 1],
+        source_proportions=[0.7, 0.3],
+        target_proportions=[0.3, 0.7],
+        seeds=[0],
+        methods=[{"name": "UOT-FM tau=0.7", "method": "uot", "tau_a": 0.7, "tau_b": 0.7}],
+        description="Tiny PneumoniaMNIST check.",
+        coupling_batches=2,
+        out_dir=str(tmp_path),
+        **TINY,
+    )
+    res = run(cfg)
+    # max_per_domain 96 split 0.7 / 0.3 (floored): the source is mostly normal, the target mostly pneumonia
+    assert res["class_counts_train"] == {"source": {0: 67, 1: 28}, "target": {0: 28, 1: 67}}
+    assert res["balanced_plan_ceiling"] == pytest.approx({"plain": 0.6, "balanced": (3 / 7 + 1) / 2})
+    assert 0.0 <= res["runs"][0]["class_preservation_balanced"] <= 1.0
+    md = (tmp_path / "translation_pneumoniamnist.md").read_text()
+    assert md.splitlines()[2] == "Tiny PneumoniaMNIST check."
+
+
+def _two_clusters(n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n0`` images near -1 (class 0) then ``n1`` near +1 (class 1), shape (n, 1, 4, 4)."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * n0 + [1] * n1)
+    x = (2.0 * y - 1.0)[:, None, None, None] + 0.01 * torch.randn(n0 + n1, 1, 4, 4, generator=gen)
+    return x, y
+
+
+def test_coupling_class_transfer_of_exact_ot_on_separated_classes_meets_the_ceiling():
+    # source 6/2, target 2/6: the exact balanced plan keeps all of class 1 and must send 4 of the
+    # 6 class-0 units to class 1, so its rows are [1/3, 2/3] and [0, 1] (the ceiling).
+    x0, y0 = _two_clusters(6, 2)
+    x1, y1 = _two_clusters(2, 6)
+    kw = dict(batch_size=8, n_batches=2, seed=0)
+    exact = coupling_class_transfer(MethodSpec("exact", "exact"), 0.01, x0, y0, x1, y1, **kw)
+    torch.testing.assert_close(exact, torch.tensor([[1 / 3, 2 / 3], [0.0, 1.0]], dtype=torch.float64))
+    ceiling = balanced_plan_ceiling([0.75, 0.25], [0.25, 0.75], 2)
+    assert float(exact.diagonal().mean()) == pytest.approx(ceiling["balanced"])
+    indep = coupling_class_transfer(MethodSpec("i", "independent"), 0.01, x0, y0, x1, y1, **kw)
+    torch.testing.assert_close(indep, torch.tensor([[0.25, 0.75], [0.25, 0.75]], dtype=torch.float64))
+    # an unbalanced plan is not bound by the ceiling: it keeps more of class 0 within its class
+    uot = coupling_class_transfer(MethodSpec("u", "uot", 0.5, 0.5), 0.01, x0, y0, x1, y1, **kw)
+    assert float(uot[0, 0]) > 0.9 and float(uot[1, 1]) > 0.99
+
+
+def test_balanced_plan_ceiling_known_values():
+    assert balanced_plan_ceiling([0.6, 0.2, 0.2], [0.2, 0.2, 0.6], 3) == pytest.approx(
+        {"plain": 0.6, "balanced": 7 / 9})
+    assert balanced_plan_ceiling(None, None, 4) == pytest.approx({"plain": 1.0, "balanced": 1.0})
+    assert balanced_plan_ceiling([1, 0], [0.5, 0.5], 2) == pytest.approx({"plain": 0.5, "balanced": 0.5})
 
 
 def test_cli_with_yaml_config_and_method_subset(shared_data, tmp_path):
@@ -71,6 +142,10 @@ def test_config_errors(tmp_path):
         TranslationConfig(steps=0)
     with pytest.raises(ValueError, match="method must be one of"):
         TranslationConfig(methods=[{"name": "x", "method": "sliced"}])
+    with pytest.raises(ValueError, match="classifier_class_weight"):
+        TranslationConfig(classifier_class_weight="inverse")
+    with pytest.raises(ValueError, match="coupling_batches"):
+        TranslationConfig(coupling_batches=0)
     with pytest.raises(ValueError, match="tau_a"):
         TranslationConfig(methods=[{"name": "x", "method": "uot", "tau_a": 1.5}])
     bad = tmp_path / "bad.yaml"

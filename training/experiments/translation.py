@@ -11,12 +11,22 @@ Training is :class:`training.module.FlowMatchingModule` under a Lightning ``Trai
 Metrics (:mod:`training.metrics`), on held-out source images:
 
 * class preservation: accuracy of a small CNN trained here on the target domain (its own
-  held-out accuracy is reported) on the translations, against the source labels;
+  held-out accuracy and balanced accuracy are reported) on the translations, against the
+  source labels, plain and balanced (mean per-class recall: the number to read when the
+  source classes are imbalanced). The CNN is trained with inverse-frequency class weights
+  (``classifier_class_weight: balanced``), so it cannot settle on the target's majority class;
 * feature FID: Fréchet distance between translations and held-out target images in the
   feature space of a small CNN trained here on both domains (label = class x domain);
   Inception weights cannot be downloaded here, so the values are comparable across our rows
   only;
-* transport cost: mean ``|x - T(x)|^2`` over images (pixels in ``[-1, 1]``).
+* transport cost: mean ``|x - T(x)|^2`` over images (pixels in ``[-1, 1]``);
+* plan class match (a diagnostic of the coupling, not of the trained model): on training
+  minibatches, the share of each source class's plan mass that goes to target images of the
+  same class, averaged over classes.
+
+For a balanced plan the class proportions cap class preservation: with source proportions
+``p`` and target proportions ``q`` at least ``sum_c max(p_c - q_c, 0)`` of the mass must change
+class; the report states this ceiling.
 
 Run::
 
@@ -49,6 +59,7 @@ from torchuot.couplings import PlanSampler
 from training.data import MedMNISTDataModule, MNISTDataModule, UnpairedDataModule
 from training.metrics import (
     accuracy,
+    balanced_accuracy,
     class_flip_matrix,
     class_preservation,
     extract_features,
@@ -58,7 +69,16 @@ from training.metrics import (
 )
 from training.module import FlowMatchingModule
 
-__all__ = ["TranslationConfig", "MethodSpec", "build_data", "run", "main", "DEFAULT_METHODS"]
+__all__ = [
+    "TranslationConfig",
+    "MethodSpec",
+    "build_data",
+    "run",
+    "main",
+    "coupling_class_transfer",
+    "balanced_plan_ceiling",
+    "DEFAULT_METHODS",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -109,6 +129,9 @@ class TranslationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_eval: int = 500
     classifier_epochs: int = 3
+    classifier_class_weight: str | None = "balanced"
+    coupling_batches: int = 20
+    description: str = ""
     n_show: int = 12
     out_dir: str = "results"
     accelerator: str = "cpu"
@@ -118,12 +141,17 @@ class TranslationConfig:
     def __post_init__(self) -> None:
         if self.task not in ("mnist", "pneumoniamnist"):
             raise ValueError(f"task must be 'mnist' or 'pneumoniamnist', got {self.task!r}.")
-        for name in ("steps", "batch_size", "width", "ode_steps", "n_eval", "classifier_epochs"):
+        for name in ("steps", "batch_size", "width", "ode_steps", "n_eval", "classifier_epochs",
+                     "coupling_batches"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed.")
+        if self.classifier_class_weight not in ("balanced", None):
+            raise ValueError(
+                f"classifier_class_weight must be 'balanced' or null, got {self.classifier_class_weight!r}."
+            )
         if not self.methods:
             raise ValueError("methods must list at least one method.")
         self.method_specs = [MethodSpec(**m) for m in self.methods]
@@ -172,6 +200,59 @@ def _relabel(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
     for k, c in enumerate(classes):
         out[y == c] = k
     return out
+
+
+@torch.no_grad()
+def coupling_class_transfer(
+    spec: MethodSpec,
+    eps: float,
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    x1: torch.Tensor,
+    y1: torch.Tensor,
+    *,
+    batch_size: int,
+    n_batches: int,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Where each source class's plan mass goes, on random training minibatches.
+
+    Args:
+        spec: the coupling. x0: ``(n, C, H, W)`` source, y0: ``(n,)`` labels in ``0..K-1``;
+        x1, y1: the same for the target (labels outside ``0..K-1`` are ignored).
+        batch_size, n_batches: minibatch size and count; seed: seed of the batch draws.
+
+    Returns:
+        ``(K, K)`` float64, row-normalised: entry ``[a, b]`` is the share of the plan mass of
+        source class ``a`` sent to target images of class ``b`` (summed over batches).
+    """
+    k = int(y0.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    sampler = spec.sampler(eps)
+    m = torch.zeros(k, k, dtype=torch.float64)
+    oh0 = torch.nn.functional.one_hot(y0.long(), k).double()
+    valid1 = (y1 >= 0) & (y1 < k)
+    oh1 = torch.nn.functional.one_hot(y1.long().clamp(0, k - 1), k).double() * valid1[:, None]
+    for _ in range(n_batches):
+        i = torch.randperm(len(x0), generator=gen)[:batch_size]
+        j = torch.randperm(len(x1), generator=gen)[:batch_size]
+        plan = sampler.plan(x0[i], x1[j]).double()
+        m += oh0[i].T @ plan @ oh1[j]
+    return m / m.sum(1, keepdim=True).clamp_min(1e-300)
+
+
+def balanced_plan_ceiling(p: list[float] | None, q: list[float] | None, k: int) -> dict[str, float]:
+    """Best class preservation of a *balanced* map from proportions ``p`` to ``q`` (same ``k`` classes).
+
+    A balanced plan must move at least ``sum_c max(p_c - q_c, 0)`` of the mass across classes,
+    so plain preservation is at most ``sum_c min(p_c, q_c)`` and per-class recall of class ``c``
+    at most ``min(1, q_c / p_c)`` (balanced preservation: their mean over classes).
+    """
+    pt = torch.full((k,), 1.0 / k, dtype=torch.float64) if p is None else torch.tensor(p, dtype=torch.float64)
+    qt = torch.full((k,), 1.0 / k, dtype=torch.float64) if q is None else torch.tensor(q, dtype=torch.float64)
+    pt, qt = pt / pt.sum(), qt / qt.sum()
+    recall = torch.where(pt > 0, (qt / pt.clamp_min(1e-300)).clamp(max=1.0), torch.ones_like(pt))
+    return {"plain": float(torch.minimum(pt, qt).sum()), "balanced": float(recall[pt > 0].mean())}
 
 
 def _train_flow(
@@ -232,19 +313,23 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
 
     # Evaluation networks, trained once on the training split and checked on the test split.
     t0 = time.perf_counter()
+    cw = cfg.classifier_class_weight
     clf = train_classifier(x1_tr, _relabel(y1_tr, tgt_classes), n_classes=len(tgt_classes),
-                           epochs=cfg.classifier_epochs, seed=cfg.data_seed, device=dev).cpu()
+                           epochs=cfg.classifier_epochs, seed=cfg.data_seed, device=dev,
+                           class_weight=cw).cpu()
     clf_acc = accuracy(clf, x1_te, _relabel(y1_te, tgt_classes))
+    clf_bacc = balanced_accuracy(clf, x1_te, _relabel(y1_te, tgt_classes))
     k = len(tgt_classes)
     xf = torch.cat([x0_tr, x1_tr])
     yf = torch.cat([_relabel(y0_tr, tgt_classes), _relabel(y1_tr, tgt_classes) + k])
     keep = torch.cat([_relabel(y0_tr, tgt_classes), _relabel(y1_tr, tgt_classes)]) >= 0
     feat_net = train_classifier(xf[keep], yf[keep], n_classes=2 * k, epochs=cfg.classifier_epochs,
-                                seed=cfg.data_seed + 1, device=dev).cpu()
+                                seed=cfg.data_seed + 1, device=dev, class_weight=cw).cpu()
     xf_te = torch.cat([x0_te, x1_te])
     yf_te = torch.cat([_relabel(y0_te, tgt_classes), _relabel(y1_te, tgt_classes) + k])
     keep_te = torch.cat([_relabel(y0_te, tgt_classes), _relabel(y1_te, tgt_classes)]) >= 0
     feat_acc = accuracy(feat_net, xf_te[keep_te], yf_te[keep_te])
+    feat_bacc = balanced_accuracy(feat_net, xf_te[keep_te], yf_te[keep_te])
     eval_time = time.perf_counter() - t0
     f_target = extract_features(feat_net, x1_te)
     y0_rel = _relabel(y0_ev, tgt_classes)
@@ -252,6 +337,7 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
     def metrics_of(xt: torch.Tensor) -> dict[str, float]:
         return {
             "class_preservation": class_preservation(clf, xt, y0_rel),
+            "class_preservation_balanced": class_preservation(clf, xt, y0_rel, balanced=True),
             "feature_fid": feature_fid(extract_features(feat_net, xt), f_target),
             "transport_cost": transport_cost(x0_ev, xt),
         }
@@ -260,10 +346,24 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
         "source, untranslated": metrics_of(x0_ev),
         "held-out target (train split vs test split)": {
             "class_preservation": float("nan"),
+            "class_preservation_balanced": float("nan"),
             "feature_fid": feature_fid(extract_features(feat_net, x1_tr), f_target),
             "transport_cost": float("nan"),
         },
     }
+
+    # Coupling diagnostic: how much plan mass stays within its class, per method (no training).
+    y0_tr_rel, y1_tr_rel = _relabel(y0_tr, tgt_classes), _relabel(y1_tr, tgt_classes)
+    has0 = y0_tr_rel >= 0
+    transfer = {
+        spec.name: coupling_class_transfer(
+            spec, cfg.eps, x0_tr[has0], y0_tr_rel[has0], x1_tr, y1_tr_rel,
+            batch_size=cfg.batch_size, n_batches=cfg.coupling_batches, seed=cfg.data_seed,
+        )
+        for spec in cfg.method_specs
+    }
+    ceiling = (balanced_plan_ceiling(cfg.source_proportions, cfg.target_proportions, k)
+               if list(dm.source_classes) == list(tgt_classes) else None)
 
     show = _pick_show(y0_ev, cfg.n_show)
     panels: dict[str, torch.Tensor] = {"source": x0_ev[show]}
@@ -295,17 +395,27 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
         mine = [r for r in rows if r["method"] == spec.name]
         summary[spec.name] = {
             m: _mean_std([r[m] for r in mine])
-            for m in ("class_preservation", "feature_fid", "transport_cost", "train_time_s")
+            for m in ("class_preservation", "class_preservation_balanced", "feature_fid", "transport_cost",
+                      "train_time_s")
         }
+        summary[spec.name]["plan_class_match"] = float(transfer[spec.name].diagonal().mean())
     result = {
         "task": cfg.task,
         "config": cfg.as_dict(),
         "target_classifier_heldout_accuracy": clf_acc,
+        "target_classifier_heldout_balanced_accuracy": clf_bacc,
         "feature_net_heldout_accuracy": feat_acc,
+        "feature_net_heldout_balanced_accuracy": feat_bacc,
+        "balanced_plan_ceiling": ceiling,
+        "coupling_class_transfer": {name: t.tolist() for name, t in transfer.items()},
         "evaluation_nets_train_time_s": round(eval_time, 2),
         "n_eval": len(x0_ev),
         "n_train": {"source": len(x0_tr), "target": len(x1_tr)},
         "source_class_counts_eval": {int(c): int((y0_ev == c).sum()) for c in dm.source_classes},
+        "class_counts_train": {
+            "source": {int(c): int((y0_tr == c).sum()) for c in dm.source_classes},
+            "target": {int(c): int((y1_tr == c).sum()) for c in tgt_classes},
+        },
         "references": references,
         "summary": summary,
         "runs": rows,
@@ -376,39 +486,70 @@ def _fmt(ms: dict[str, float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
 def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
-    lines = [
-        f"# Unpaired translation under class imbalance: {cfg.task}",
-        "",
+    lines = [f"# Unpaired translation under class imbalance: {cfg.task}", ""]
+    if cfg.description:
+        lines += [" ".join(cfg.description.split()), ""]
+    counts = res["class_counts_train"]
+    lines += [
         f"Source classes {cfg.source_classes} in proportions {cfg.source_proportions}; target classes "
         f"{cfg.target_classes or cfg.source_classes} in proportions {cfg.target_proportions}, "
-        f"target transform `{cfg.target_transform}`. UNet width {cfg.width}, {cfg.steps} steps of batch "
-        f"{cfg.batch_size}, Adam lr {cfg.lr}, Euler {cfg.ode_steps} steps, coupling eps {cfg.eps} on the "
-        f"mean-normalised cost. Seeds {cfg.seeds}; {res['n_eval']} held-out source images evaluated.",
+        f"target transform `{cfg.target_transform}` (training images per class: source "
+        f"{counts['source']}, target {counts['target']}). UNet width {cfg.width}, {cfg.steps} steps of "
+        f"batch {cfg.batch_size}, Adam lr {cfg.lr}, Euler {cfg.ode_steps} steps, coupling eps {cfg.eps} "
+        f"on the mean-normalised cost. Seeds {cfg.seeds}; {res['n_eval']} held-out source images "
+        f"evaluated (per class: {res['source_class_counts_eval']}).",
         "",
-        f"Target-domain classifier (class preservation): held-out accuracy "
-        f"{100 * res['target_classifier_heldout_accuracy']:.1f}%. Feature network for FID (class x domain, "
-        f"trained here; no Inception weights are available offline, so FIDs are comparable only within "
-        f"this table): held-out accuracy {100 * res['feature_net_heldout_accuracy']:.1f}%.",
+        f"Target-domain classifier (class preservation; {cfg.classifier_epochs} epochs, class weights "
+        f"`{cfg.classifier_class_weight}`): held-out accuracy "
+        f"{_pct(res['target_classifier_heldout_accuracy'])}%, balanced accuracy "
+        f"{_pct(res['target_classifier_heldout_balanced_accuracy'])}%. Feature network for FID (class x "
+        f"domain, trained here; no Inception weights are available offline, so FIDs are comparable only "
+        f"within this table): held-out accuracy {_pct(res['feature_net_heldout_accuracy'])}%, balanced "
+        f"{_pct(res['feature_net_heldout_balanced_accuracy'])}%.",
         "",
-        "| method | class preservation (%) | feature FID | transport cost | train time (s) |",
-        "|---|---|---|---|---|",
+        "| method | class preservation (%) | balanced preservation (%) | plan class match (%) | feature FID "
+        "| transport cost | train time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in res["summary"].items():
         lines.append(
-            f"| {name} | {_fmt(s['class_preservation'], 100)} | {_fmt(s['feature_fid'], 1, 2)} | "
+            f"| {name} | {_fmt(s['class_preservation'], 100)} | "
+            f"{_fmt(s['class_preservation_balanced'], 100)} | {_pct(s['plan_class_match'])} | "
+            f"{_fmt(s['feature_fid'], 1, 2)} | "
             f"{_fmt(s['transport_cost'], 1, 1)} | {_fmt(s['train_time_s'], 1, 0)} |"
         )
     for name, m in res["references"].items():
-        cp = "–" if math.isnan(m["class_preservation"]) else f"{100 * m['class_preservation']:.1f}"
         tc = "–" if math.isnan(m["transport_cost"]) else f"{m['transport_cost']:.1f}"
-        lines.append(f"| *reference: {name}* | {cp} | {m['feature_fid']:.2f} | {tc} | – |")
+        lines.append(
+            f"| *reference: {name}* | {_pct(m['class_preservation'])} | "
+            f"{_pct(m['class_preservation_balanced'])} | – | {m['feature_fid']:.2f} | {tc} | – |"
+        )
     lines += [
         "",
-        "Mean ± standard deviation over seeds. Transport cost: mean over images of |x - T(x)|^2 (pixels in "
-        "[-1, 1], 784 pixels). Class flip matrices (seed "
-        f"{cfg.seeds[0]}; rows = source class, columns = predicted class of the translation) are in the "
-        "JSON.",
+        "Mean ± standard deviation over seeds. Balanced preservation: mean over source classes of the "
+        "share of that class's translations the target classifier gives the source label (the mean "
+        "diagonal of the class flip matrix). Plan class match: on "
+        f"{cfg.coupling_batches} training minibatches, the share of each source class's plan mass "
+        "coupled to target images of the same class, averaged over classes (a property of the coupling "
+        "alone; the flow is trained on pairs drawn from it). Transport cost: mean over images of "
+        "|x - T(x)|^2 (pixels in [-1, 1]). Class flip matrices (seed "
+        f"{cfg.seeds[0]}; rows = source class, columns = predicted class of the translation) and the "
+        "coupling class-transfer matrices are in the JSON.",
+    ]
+    ceil = res.get("balanced_plan_ceiling")
+    if ceil is not None:
+        lines.append(
+            f"Ceiling of a balanced map: with these proportions a balanced plan must move "
+            f"{_pct(1 - ceil['plain'])}% of the source mass to another class, so a translator that follows "
+            f"one preserves at most {_pct(ceil['plain'])}% of the classes ({_pct(ceil['balanced'])}% "
+            "balanced); an unbalanced plan is not bound by this."
+        )
+    lines += [
         "Reading the FID column: a class-preserving translator keeps the *source* class proportions while "
         "the held-out target has the *target* proportions, so feature FID against the target also rewards "
         "changing classes; read it together with class preservation.",
