@@ -144,9 +144,11 @@ def _masses(w: Tensor, name: str) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- the backend
-# The fast path works in the exp domain in float64: a sum whose value falls below _TINY may have
-# lost terms to underflow (terms below 1e-308 are dropped), so its pair is redone in the log domain.
+# The fast path works in the exp domain: a sum whose value falls below _TINY may have lost terms to
+# underflow (or, on the stencil, been raised by the exp(_FLOOR) floor), so its pair is redone in the
+# log domain.
 _TINY = {torch.float64: 1e-200, torch.float32: 1e-30}
+_FLOOR = {torch.float64: -600.0, torch.float32: -87.0}
 
 
 class GridPairsBackend:
@@ -214,6 +216,22 @@ class GridPairsBackend:
             self.live_y = self._reach(self.mask_y)
         else:
             raise ValueError(f"kind must be 'separable' or 'stencil', got {kind!r}.")
+        # Constant across iterations: the masked log-weights that enter each soft-min, and the
+        # rows whose sum must not underflow (checked for the log-domain fallback).
+        ninf = torch.full_like(self.log_a, -math.inf)
+        if kind == "stencil":
+            self.h_x = torch.where(self.mask_x, self.log_b, ninf).to(exp_dtype)
+            self.h_y = torch.where(self.mask_y, self.log_a, ninf).to(exp_dtype)
+            self.need_x, self.need_y = (a > 0) & self.live_x, (b > 0) & self.live_y
+            self.keep_x = torch.isfinite(self.h_x).to(exp_dtype)
+            self.keep_y = torch.isfinite(self.h_y).to(exp_dtype)
+            zero = torch.zeros((), dtype=exp_dtype, device=dev)
+            self.dead_x = torch.where(self.live_x, zero, -math.inf)
+            self.dead_y = torch.where(self.live_y, zero, -math.inf)
+        else:
+            self.h_x, self.h_y = self.log_b.to(exp_dtype), self.log_a.to(exp_dtype)
+            self.need_x, self.need_y = a > 0, b > 0
+            self.keep_x, self.keep_y = (b > 0).to(exp_dtype), (a > 0).to(exp_dtype)
         self._kern: dict[float, tuple[Tensor, ...]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -236,65 +254,75 @@ class GridPairsBackend:
             if self.kind == "separable":
                 hit = (torch.exp(-self.C_rows / eps), torch.exp(-self.C_cols / eps))
             else:
-                # Row-offset Toeplitz blocks: T[jc, dr, ic] = exp(-C(dr, ic - jc) / eps), so that
-                # the 2D stencil sum is one GEMM over columns plus 2R+1 shifted adds over rows.
+                # Banded blocks, one per row offset: Tk[k * W + jc, ic] = exp(-C(k - R, jc - ic) / eps)
+                # (zero outside the stencil), so that the 2D stencil sum over (jr, jc) is ONE GEMM of
+                # the row-unfolded image (B * H, (2R+1) * W) against Tk ((2R+1) * W, W).
                 R, W = self.R, self.W
-                k = torch.exp(-self.C_sten / eps)  # (2R+1, 2R+1)
+                k = torch.exp(-self.C_sten / eps)  # (2R+1, 2R+1), zero past the truncation
                 jc = torch.arange(W, device=k.device)
-                dc = jc[None, :] - jc[:, None]  # ic - jc, (W, W) indexed [jc, ic]
+                dc = jc[:, None] - jc[None, :]  # jc - ic, (W, W) indexed [jc, ic]
                 inside = dc.abs() <= R
-                T = torch.where(inside[:, None, :], k[:, (dc.clamp(-R, R) + R)].permute(1, 0, 2),
-                                torch.zeros((), dtype=k.dtype, device=k.device))
-                hit = (T.reshape(W, -1),)
+                Tk = torch.where(inside[None], k[:, (dc.clamp(-R, R) + R)],
+                                 torch.zeros((), dtype=k.dtype, device=k.device))  # (2R+1, W, W)
+                hit = (Tk.reshape(-1, W),)
         return hit
 
     # ------------------------------------------------------------------ soft-min
-    def _log_kernel(self, eps: float, h: Tensor, mask: Tensor | None, rows: Tensor) -> Tensor:
+    def _log_kernel(self, eps: float, h: Tensor, need: Tensor) -> Tensor:
         """``log sum_j exp(h_j - C_ij / eps)`` for every pixel ``i``: ``h (B, P) -> (B, P)``.
 
-        ``mask``: the ``j`` that may enter a row listed in ``rows`` (``(B, P)`` bool, the rows
-        whose value matters); other rows may come out as anything finite or ``+-inf``.
+        ``h`` is ``-inf`` at the ``j`` that cannot enter a row that matters; ``need`` ``(B, P)``
+        marks the rows whose sum must not underflow (a pair where one does is redone in the log
+        domain). Other rows may come out as anything finite or ``+-inf``.
         """
         B = h.shape[0]
-        h64 = h if h.dtype == self.exp_dtype else h.to(self.exp_dtype)
-        tiny = _TINY[h64.dtype]
-        if mask is not None:
-            h64 = torch.where(mask, h64, torch.full_like(h64, -math.inf))
+        tiny = _TINY[h.dtype]
         if self.kind == "separable":
             K_rows, K_cols = self._kernels(eps)
-            hh = h64.reshape(B, self.H, self.W)
+            hh = h.reshape(B, self.H, self.W)
+            keep = (self.keep_x if need is self.need_x else self.keep_y).reshape(B, self.H, self.W)
+            floor, normal = _FLOOR[h.dtype], torch.finfo(h.dtype).tiny
             m1 = hh.amax(dim=-1, keepdim=True)  # (B, H, 1): shift per image row
             row_live = torch.isfinite(m1)
+            m1_t = torch.where(row_live, m1, torch.full_like(m1, -math.inf))  # T = -inf on empty rows
             m1 = torch.where(row_live, m1, torch.zeros_like(m1))
-            s1 = torch.matmul(torch.exp(hh - m1), K_cols)  # (B, H, W): sum over columns j_c
-            T = m1 + safe_log(s1)
-            m2 = _finite_max(T, -2)  # (B, 1, W): shift per image column
-            s2 = torch.matmul(K_rows, torch.exp(T - m2))  # (B, H, W): sum over rows j_r
-            out = (m2 + safe_log(s2)).reshape(B, -1)
-            # stage-1 underflow anywhere, or stage-2 underflow in a row that matters
-            live1 = row_live & (s1 < tiny)
-            bad = live1.flatten(1).any(1) | ((s2.reshape(B, -1) < tiny) & rows).any(1)
+            # As on the stencil: floor + mask instead of exp(-inf) and denormals (slow paths).
+            v = torch.exp(torch.clamp_min(hh - m1, floor)).mul_(keep)
+            s1 = torch.matmul(v, K_cols)  # (B, H, W): sum over columns j_c
+            # stage-1 underflow in a row with some mass
+            bad = (s1.amin(-1, keepdim=True) < tiny).logical_and_(row_live).flatten(1).any(1)
+            T = torch.log(s1.clamp_min_(normal)).add_(m1_t)
+            m2 = T.amax(dim=-2, keepdim=True)  # (B, 1, W): shift per image column
+            w = torch.exp(torch.clamp_min(T - m2, floor)).mul_(row_live)
+            s2 = torch.matmul(K_rows, w).reshape(B, -1)  # (B, H W): sum over rows j_r
+            # stage-2 underflow in a row that matters
+            bad |= (s2 < tiny).logical_and_(need).any(1)
+            out = torch.log(s2.clamp_min_(normal)).add_(m2.reshape(B, 1, self.W).expand(B, self.H, self.W)
+                                                         .reshape(B, -1))
         else:
-            (T,) = self._kernels(eps)
+            (Tk,) = self._kernels(eps)
             R, H, W = self.R, self.H, self.W
-            M = _finite_max(h64, -1)  # (B, 1): shift per pair
-            v = torch.exp(h64 - M).reshape(B * H, W)
-            Z = torch.matmul(v, T).reshape(B, H, 2 * R + 1, W)  # Z[b, jr, dr, ic]
-            # s[b, ir, ic] = sum_dr Z[b, ir + dr, R + dr, ic]
-            Zp = torch.nn.functional.pad(Z, (0, 0, 0, 0, R, R))  # pad jr by R on both sides
-            s = Zp[:, 0:H, 0]
-            for k in range(1, 2 * R + 1):
-                s = s + Zp[:, k: k + H, k]
-            s = s.reshape(B, -1)
-            out = M + safe_log(s)
-            # A row with some live target pixel in its stencil must not come out ~0.
-            live = self.live_x if mask is self.mask_x else self.live_y
-            bad = ((s < tiny) & rows & live).any(1)
+            M = _finite_max(h, -1)  # (B, 1): shift per pair
+            # Terms below exp(_FLOOR) are raised to it and the structural zeros (h = -inf) are
+            # masked out by a multiply: exp of -inf or of a denormal result takes a slow path
+            # (about 10x slower). The raised terms add at most P exp(_FLOOR) to a sum that is
+            # either >= tiny (a relative error below 1e-8) or sent to the log-domain fallback.
+            floor = _FLOOR[h.dtype]
+            keep = self.keep_x if need is self.need_x else self.keep_y
+            v = torch.exp(torch.clamp_min(h - M, floor)).mul_(keep).reshape(B, H, W)
+            # U[b, ir, k, jc] = v[b, ir + k - R, jc]: the 2R+1 source rows each target row sees.
+            U = torch.nn.functional.pad(v, (0, 0, R, R)).unfold(1, 2 * R + 1, 1).transpose(2, 3)
+            s = torch.matmul(U.reshape(B * H, -1), Tk).reshape(B, -1)
+            bad = (s < tiny).logical_and_(need).any(1)
+            # s = 0 exactly on the rows with no live pixel in their stencil (+inf soft-min, mass
+            # that cannot move): log(0) is a slow path, so those rows get -inf by an add.
+            dead = self.dead_x if need is self.need_x else self.dead_y
+            out = torch.log(s.clamp_min_(torch.finfo(s.dtype).tiny)).add_(M).add_(dead)
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             self.n_fallback += int(idx.numel())
-            out[idx] = self._log_kernel_exact(eps, h64[idx]).to(out.dtype)
-        return out.to(h.dtype)
+            out[idx] = self._log_kernel_exact(eps, h[idx])
+        return out
 
     def _log_kernel_exact(self, eps: float, h: Tensor) -> Tensor:
         """Log-domain version of :meth:`_log_kernel` (no underflow), for the pairs that need it."""
@@ -315,11 +343,13 @@ class GridPairsBackend:
 
     def softmin_x(self, eps: float, g: Tensor) -> Tensor:
         """``-eps log sum_j b_j exp((g_j - C_ij)/eps)`` -> ``(B, P)`` (exact where ``a_i > 0``)."""
-        return -eps * self._log_kernel(eps, g / eps + self.log_b, self.mask_x, self.a > 0)
+        h = torch.add(self.h_x, g.to(self.exp_dtype), alpha=1.0 / eps)
+        return self._log_kernel(eps, h, self.need_x).mul_(-eps).to(g.dtype)
 
     def softmin_y(self, eps: float, f: Tensor) -> Tensor:
         """``-eps log sum_i a_i exp((f_i - C_ij)/eps)`` -> ``(B, P)`` (the grid cost is symmetric)."""
-        return -eps * self._log_kernel(eps, f / eps + self.log_a, self.mask_y, self.b > 0)
+        h = torch.add(self.h_y, f.to(self.exp_dtype), alpha=1.0 / eps)
+        return self._log_kernel(eps, h, self.need_y).mul_(-eps).to(f.dtype)
 
     # No cached state that autograd would miss: the same functions serve dual_value.
     softmin_x_autograd = softmin_x

@@ -118,10 +118,16 @@ class KL(Penalty):
         return self.rho * (mlogm - m + a).sum(-1)
 
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
-        # sum_i a_i exp(-(f_i + lam)/rho) = exp(logsumexp(log a - f/rho) - lam/rho)
-        from .backends.tensorized import safe_log
-
-        return torch.logsumexp(safe_log(a) - f / self.rho, dim=-1), 1.0 / self.rho
+        # sum_i a_i exp(-(f_i + lam)/rho) = exp(L - lam/rho), L = m + log sum_i a_i exp(-f_i/rho - m)
+        # with m the largest -f_i/rho where a_i > 0. Written as a weighted sum, not a logsumexp of
+        # log(a): zero weights would feed exp(-inf), a slow path of the CPU kernels; exponents are
+        # floored where the term is far below float resolution anyway.
+        z = f / -self.rho
+        m = torch.where(a > 0, z, torch.full_like(z, -math.inf)).amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        floor = -80.0 if z.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
+        s = (a * torch.exp(torch.clamp_min(z - m, floor))).sum(-1)
+        return s.log() + m.squeeze(-1), 1.0 / self.rho
 
 
 class TV(Penalty):
