@@ -206,7 +206,7 @@ def test_balanced_classifier_does_not_collapse_on_a_strongly_imbalanced_set():
     x, y = _overlapping_levels(2000, 0.02, gen)
     x_test, y_test = _overlapping_levels(2000, 0.5, gen)
     assert int(y.sum()) < 60  # about 2% minority
-    kw = dict(n_classes=2, epochs=3, batch_size=64, width=4, feature_dim=8, seed=0)
+    kw = dict(n_classes=2, epochs=3, batch_size=64, width=8, feature_dim=16, seed=0)
     net = train_classifier(x, y, **kw)  # class_weight="balanced" is the default
     bayes = 0.5 * (1 + math.erf(1.25 / math.sqrt(2)))  # Phi(delta / 2) = 0.894
     bacc = balanced_accuracy(net, x_test, y_test)
