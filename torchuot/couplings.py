@@ -16,12 +16,12 @@ pairs ``(i, j)`` from it:
 Conventions: the cost is ``|x - y|^2 / 2`` (torchuot's default); with ``normalize_cost="mean"``
 it is divided by its mean over the batch, as OTT-JAX's ``scale_cost="mean"`` does in the
 reference UOT-FM code (so ``eps = 0.01``, ``tau_a = 0.9``, ``tau_b = 1.0`` carry over unchanged;
-the ``1/2`` cancels). The division is done by scaling the points by ``1/sqrt(mean C)``, which
-keeps the solver's default cost and its epsilon schedule. Unbalancedness is given in OTT's
+the ``1/2`` cancels). The normalised cost matrix is built once and handed to the dense backend
+(its epsilon schedule starts at twice the largest normalised cost). Unbalancedness is given in OTT's
 ``tau = rho / (rho + eps)`` (``1`` is a balanced side) or GeomLoss's ``reach``
 (``rho = reach**2``, in normalised cost units).
 
-The plan is solved with :func:`torchuot.sinkhorn` on the batch's device; sampling uses
+The plan is solved by torchuot's Sinkhorn loop (the dense backend) on the batch's device; sampling uses
 ``torch.multinomial`` with an optional ``torch.Generator``; nothing goes through NumPy except
 for ``method="exact"``. A plan that underflows (zero or non-finite mass) is never replaced by
 the uniform plan silently: it raises, or with ``on_failure="warn"`` falls back to independent
@@ -38,11 +38,15 @@ from dataclasses import dataclass
 import torch
 
 from ._typing import Tensor
-from .sinkhorn import sinkhorn
+from .backends import TensorizedBackend
+from .costs import SquaredEuclidean
+from .sinkhorn import _solve, epsilon_schedule, resolve_penalties
 
 __all__ = ["PlanSampler", "CouplingSample", "COUPLING_METHODS", "pairwise_cost"]
 
 COUPLING_METHODS = ("independent", "ot", "uot", "exact")
+
+_COST = SquaredEuclidean()
 
 
 @dataclass(frozen=True)
@@ -166,43 +170,53 @@ class PlanSampler:
             )
         if f0.device != f1.device:
             raise ValueError(f"x0 is on {f0.device} but x1 is on {f1.device}; use one device.")
+        for name, x in (("x0", f0), ("x1", f1)):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or inf values; clean or drop those samples.")
         if f1.dtype != f0.dtype:
             f1 = f1.to(f0.dtype)
         return f0, f1
 
-    def _scale(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Scale points so that the cost ``|x-y|^2/2`` is divided by its mean (or max)."""
+    def _cost(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, Tensor]:
+        """The cost ``|x-y|^2/2`` divided by its mean (or max) -> ``(C, s)`` with ``C = C_raw / s``."""
         C = pairwise_cost(f0, f1)
         if self.normalize_cost is None:
-            return f0, f1, C
+            return C, C.new_ones(())
         s = C.mean() if self.normalize_cost == "mean" else C.max()
         if not bool(s > 0):
             # All samples coincide: any plan is optimal; keep the raw (zero) cost.
-            return f0, f1, C
-        r = s.rsqrt()
-        return f0 * r, f1 * r, C / s
+            return C, C.new_ones(())
+        return C.div_(s), s
 
     # ------------------------------------------------------------------ plans
-    def _solve(self, f0: Tensor, f1: Tensor, C: Tensor):
+    def _solve(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, int, bool]:
+        """Unnormalised entropic plan ``(n, m)``, Sinkhorn iterations and convergence.
+
+        The solver's pieces are called directly (not :func:`torchuot.sinkhorn`): the
+        normalised cost matrix is built once here and handed to the dense backend, and the
+        result needs the plan only, not the dual value.
+        """
         kw: dict = {}
         if self.method == "uot":
             if self.reach is not None:
                 kw["reach"] = self.reach
             else:
                 kw["tau_a"], kw["tau_b"] = self.tau_a, self.tau_b
-        # Starting the eps schedule at the largest cost (not the bounding box's diagonal, far
-        # larger in high dimension) saves annealing stages without changing the solution.
-        diameter = float(math.sqrt(2.0 * float(C.max()))) if bool(C.max() > 0) else None
-        return sinkhorn(
-            f0,
-            f1,
-            eps=self.eps,
-            scaling=self.scaling,
-            diameter=diameter,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            **kw,
+        C, s = self._cost(f0, f1)
+        pen_a, pen_b = resolve_penalties(_COST, self.eps, **kw)
+        n, m = C.shape
+        r = s.rsqrt()  # points scaled so that cost(x, y) is the normalised C
+        a = torch.full((1, n), 1.0 / n, dtype=C.dtype, device=C.device)
+        b = torch.full((1, m), 1.0 / m, dtype=C.dtype, device=C.device)
+        ops = TensorizedBackend((f0 * r)[None], (f1 * r)[None], a, b, _COST, C=C[None])
+        # Starting the eps schedule at twice the largest cost (GeomLoss's diameter**2; not the
+        # bounding box's diagonal, far larger in high dimension) saves annealing stages
+        # without changing the solution.
+        eps_list = epsilon_schedule(max(2.0 * float(C.max()), self.eps), self.eps, self.scaling, 2.0)
+        f, g, n_iters, converged = _solve(
+            ops, pen_a, pen_b, eps_list, self.max_iter, self.tol, "envelope", symmetric=False
         )
+        return ops.plan(self.eps, f, g)[0], n_iters, converged
 
     def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
         """The normalised plan ``pi / m(pi)`` -> ``(n, m)`` (sums to 1)."""
@@ -210,11 +224,10 @@ class PlanSampler:
         n, m = f0.shape[0], f1.shape[0]
         if self.method == "independent":
             return torch.full((n, m), 1.0 / (n * m), dtype=f0.dtype, device=f0.device)
-        f0, f1, C = self._scale(f0, f1)
         if self.method == "exact":
-            return self._exact(C)
+            return self._exact(self._cost(f0, f1)[0])
         with torch.no_grad():
-            P = self._solve(f0, f1, C).plan()
+            P = self._solve(f0, f1)[0]
         return self._normalise(P, n, m)
 
     def _normalise(self, P: Tensor, n: int, m: int) -> Tensor:
@@ -278,11 +291,9 @@ class PlanSampler:
         if self.method == "exact":
             P = self.plan(x0, x1)
         else:
-            f0s, f1s, C = self._scale(f0, f1)
             with torch.no_grad():
-                res = self._solve(f0s, f1s, C)
-                P = self._normalise(res.plan(), n, m)
-            n_iters, converged = res.n_iters, res.converged
+                P, n_iters, converged = self._solve(f0, f1)
+                P = self._normalise(P, n, m)
         flat = torch.multinomial(P.reshape(-1), k, replacement=self.replace, generator=generator)
         i, j = flat // m, flat % m
         return CouplingSample(i, j, P.sum(1), P.sum(0), n_iters, converged)

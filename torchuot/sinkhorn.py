@@ -154,6 +154,10 @@ def epsilon_schedule(eps_start: float, eps: float, scaling: float, p: float = 2.
 
 
 # ---------------------------------------------------------------------------- the loop
+#: Iterations between two convergence checks (host synchronisations) at the target eps.
+CHECK_EVERY = 4
+
+
 def sinkhorn_loop(
     softmin_x: Callable[[float, Tensor], Tensor],
     softmin_y: Callable[[float, Tensor], Tensor],
@@ -167,6 +171,7 @@ def sinkhorn_loop(
     tol: float,
     symmetric: bool = False,
     momentum: bool = True,
+    check_every: int = CHECK_EVERY,
 ) -> tuple[Tensor, Tensor, int, bool]:
     """The single Sinkhorn loop, for every backend, penalty and problem.
 
@@ -174,10 +179,16 @@ def sinkhorn_loop(
     (``symmetric=True``) use the averaged fixed-point update ``f <- (f + T(f)) / 2``
     (Feydy et al. 2019, Eq. 25), and return ``g = f``.
 
+    The sup-norm change of every iteration is kept on the device and read in one host
+    synchronisation every ``check_every`` iterations (POT checks every 10): the stopping
+    rule and the momentum see every iteration's change, only later; a stop found inside a
+    block returns the block's last (more converged) iterate.
+
     Args:
         g_init: starting target potential ``(B, M)`` (zeros: GeomLoss's initialisation).
         weights: ``(a, b)``, the measures' weights (for the translation step).
         momentum: adaptive over-relaxation at the target eps (cross problems only).
+        check_every: iterations between two convergence checks at the target eps.
 
     Returns:
         ``f: (B, N)``, ``g: (B, M)``, the number of iterations, and convergence.
@@ -186,6 +197,7 @@ def sinkhorn_loop(
     f = penalty_a.aprox(softmin_x(eps0, g_init), eps0)
     g = f if symmetric else penalty_b.aprox(softmin_y(eps0, f), eps0)
     n_iters = 1
+    translate = _translation(penalty_a, penalty_b, f, g, weights)
 
     def step(e: float, f: Tensor, g: Tensor, omega: float = 1.0) -> tuple[Tensor, Tensor]:
         if symmetric:
@@ -193,21 +205,10 @@ def sinkhorn_loop(
             return f, f
         # Over-relaxed update f <- f + omega (T(g) - f) (omega = 1: plain Sinkhorn).
         f_t = penalty_a.aprox(softmin_x(e, g), e)
-        f = f_t if omega == 1.0 else f + omega * (f_t - f)
+        f = f_t if omega == 1.0 else torch.lerp(f, f_t, omega)
         g_t = penalty_b.aprox(softmin_y(e, f), e)
-        g = g_t if omega == 1.0 else g + omega * (g_t - g)
-        return _translate(f, g)
-
-    def _translate(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        # Translation-invariant step (Sejourne et al. 2022, Prop. 2): (f + lam, g - lam) with
-        # the lam that maximises the dual along that line; removes the slowly damped mode
-        # (rate 1/(1 + eps/rho)) of KL problems. The fixed point is unchanged (lam = 0 there).
-        ma = penalty_a.shift_moment(f, weights[0])
-        mb = penalty_b.shift_moment(g, weights[1])
-        if ma is None or mb is None or ma[1] + mb[1] == 0:
-            return f, g
-        lam = ((ma[0] - mb[0]) / (ma[1] + mb[1])).unsqueeze(-1)
-        return f + lam, g - lam
+        g = g_t if omega == 1.0 else torch.lerp(g, g_t, omega)
+        return (f, g) if translate is None else translate(f, g)
 
     # Annealing: one sweep per stage, keeping at least one iteration at the target eps.
     for e in eps_list[1:-1]:
@@ -218,24 +219,94 @@ def sinkhorn_loop(
 
     eps = eps_list[-1]
     res = torch.finfo(f.dtype).eps
+    check_every = max(int(check_every), 1)
+    use_momentum = momentum and not symmetric
     converged = False
     omega, changes, rises = 1.0, [], 0
+    pending: list[Tensor] = []  # this block's changes, on the device
+    # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
+    # then measured over the finite entries; a non-finite change later switches to that too.
+    with torch.no_grad():
+        finite = bool(torch.isfinite(f).all() & torch.isfinite(g).all())
     while n_iters < max_iter:
         f_new, g_new = step(eps, f, g, omega)
         n_iters += 1
         with torch.no_grad():
-            # One host synchronisation per iteration: both sup-norms in one tensor.
-            change, scale = _sups(f_new - f, g_new - g, f_new, g_new)
-            scale = max(scale, eps)
+            pending.append((_sup_change_finite if finite else _sup_change)(f_new, f, g_new, g))
         f, g = f_new, g_new
-        if change <= max(tol * eps, 16 * res * scale):
-            converged = True
+        k = len(changes) + len(pending)
+        # Read the block at its end, at the last iteration, and where the momentum decides.
+        if len(pending) < check_every and n_iters < max_iter and not (
+            use_momentum and k - 1 in _MOMENTUM_POINTS
+        ):
+            continue
+        with torch.no_grad():
+            block = torch.stack(pending + [_sup(f), _sup(g)]).tolist()
+        pending = []
+        thr = max(tol * eps, 16 * res * max(block[-1], block[-2], eps))
+        for change in block[:-2]:
+            if not math.isfinite(change):
+                finite = False  # a potential left the finite range: measure as above from now on
+                continue
+            if change <= thr:
+                converged = True
+                break
+            if use_momentum:
+                omega, rises = _momentum(changes, change, omega, rises)
+            changes.append(change)
+        if converged:
             break
-        if momentum and not symmetric:
-            omega, rises = _momentum(changes, change, omega, rises)
-        changes.append(change)
     return f, g, n_iters, converged
+
+
+def _translation(
+    penalty_a: Penalty, penalty_b: Penalty, f: Tensor, g: Tensor, weights: tuple[Tensor, Tensor]
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The translation-invariant step of the loop, or ``None`` where it cannot move anything.
+
+    Translation-invariant Sinkhorn (Sejourne et al. 2022, Prop. 2): ``(f + lam, g - lam)``
+    with the ``lam`` that maximises the dual along that line; removes the slowly damped mode
+    (rate ``1/(1 + eps/rho)``) of KL problems. The fixed point is unchanged (``lam = 0``
+    there). With ``sum_i a_i dual'(f_i + lam) = exp(L_a - r_a lam)`` (and the same for ``g``),
+    ``lam = (L_a - L_b) / (r_a + r_b)``. A side with ``r = 0`` (a linear dual term: balanced)
+    has a moment ``L`` that does not depend on its potential; it is computed once here.
+    """
+    a, b = weights
+    ma, mb = penalty_a.shift_moment(f, a), penalty_b.shift_moment(g, b)
+    if ma is None or mb is None or ma[1] + mb[1] == 0:
+        return None  # balanced on both sides (or no closed form): nothing to translate
+    inv_r = 1.0 / (ma[1] + mb[1])
+    fixed_a = ma[0] if ma[1] == 0 else None
+    fixed_b = mb[0] if mb[1] == 0 else None
+
+    def translate(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        la = fixed_a if fixed_a is not None else penalty_a.shift_moment(f, a)[0]  # type: ignore[index]
+        lb = fixed_b if fixed_b is not None else penalty_b.shift_moment(g, b)[0]  # type: ignore[index]
+        lam = ((la - lb) * inv_r).unsqueeze(-1)
+        return f + lam, g - lam
+
+    return translate
+
+
+def _sup(t: Tensor) -> Tensor:
+    """``max |t|`` over the finite entries (a 0-d tensor on ``t``'s device; call without grad)."""
+    return torch.linalg.vector_norm(torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0), math.inf)
+
+
+def _sup_change(f_new: Tensor, f: Tensor, g_new: Tensor, g: Tensor) -> Tensor:
+    """``max(|f_new - f|, |g_new - g|)`` over finite entries, a 0-d tensor (no host sync)."""
+    return torch.maximum(_sup(f_new - f), _sup(g_new - g))
+
+
+def _sup_change_finite(f_new: Tensor, f: Tensor, g_new: Tensor, g: Tensor) -> Tensor:
+    """:func:`_sup_change` for finite potentials (a non-finite entry gives NaN or inf)."""
+    inf = math.inf
+    return torch.maximum(torch.linalg.vector_norm(f_new - f, inf), torch.linalg.vector_norm(g_new - g, inf))
+
+
+#: Lengths of the change history at which the momentum re-estimates the rate.
 _MOMENTUM_START = 8
+_MOMENTUM_POINTS = (_MOMENTUM_START, 2 * _MOMENTUM_START, 4 * _MOMENTUM_START)
 
 
 def _momentum(changes: list[float], change: float, omega: float, rises: int) -> tuple[float, int]:
@@ -244,7 +315,7 @@ def _momentum(changes: list[float], change: float, omega: float, rises: int) -> 
     potentials' change and set ``omega = 2 / (1 + sqrt(1 - r))``. Safeguard: if the change
     grows three times in a row, halve ``omega - 1``."""
     k = len(changes)
-    if k in (_MOMENTUM_START, 2 * _MOMENTUM_START, 4 * _MOMENTUM_START) and min(changes[k - 4:]) > 0:
+    if k in _MOMENTUM_POINTS and min(changes[k - 4:]) > 0:
         # The slowest recent contraction is the best guess of the asymptotic one.
         window = changes[k - 4:] + [change]
         mu = min(max(window[i + 1] / window[i] for i in range(4)), 0.999)
@@ -260,16 +331,6 @@ def _momentum(changes: list[float], change: float, omega: float, rises: int) -> 
         if rises >= 3:
             return 1.0 + (omega - 1.0) / 2, 0
     return omega, rises
-
-
-def _sups(df: Tensor, dg: Tensor, f: Tensor, g: Tensor) -> tuple[float, float]:
-    """``(max(|df|, |dg|), max(|f|, |g|))`` over finite entries, with one device sync."""
-    def sup(t: Tensor) -> Tensor:
-        t = t.detach().abs()
-        return torch.where(torch.isfinite(t), t, torch.zeros_like(t)).amax()
-
-    out = torch.stack([torch.maximum(sup(df), sup(dg)), torch.maximum(sup(f), sup(g))]).tolist()
-    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------- public solver

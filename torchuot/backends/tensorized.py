@@ -83,19 +83,26 @@ class TensorizedBackend:
         x: ``(B, N, D)`` source points. y: ``(B, M, D)`` target points.
         a: ``(B, N)`` source weights. b: ``(B, M)`` target weights.
         cost: the ground cost.
+        C: optional ``(B, N, M)`` matrix ``cost(x, y)`` already computed by the caller (the
+            minibatch couplings build it to normalise it); not evaluated a second time.
     """
 
     name = "tensorized"
 
-    def __init__(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost) -> None:
+    def __init__(
+        self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost, C: Tensor | None = None
+    ) -> None:
         self.x, self.y, self.a, self.b, self.cost = x, y, a, b, cost
         self.log_a = safe_log(a)
         self.log_b = safe_log(b)
         # The cost is built once; the loop uses a detached view, the final differentiable
         # step reuses the graph (no second N x M evaluation).
-        self.C_graph = cost(x, y)
+        self.C_graph = cost(x, y) if C is None else C
         self.C = self.C_graph.detach()
         self._bound = _ABSORB_BOUND.get(self.C.dtype, 20.0)
+        # Masks of zero-weight points (None when every weight is positive, the common case).
+        self._dead_a = None if bool((a > 0).all()) else a <= 0
+        self._dead_b = None if bool((b > 0).all()) else b <= 0
         self._cache: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ soft-min (loop)
@@ -111,37 +118,37 @@ class TensorizedBackend:
         with torch.no_grad():
             hit = self._cache.get(side)
             if hit is not None and hit[0] == eps:
-                _, h0, S0, K0, live = hit
-                d = torch.where(live, (h - h0) / eps, torch.zeros_like(h))
-                w = d.clamp(max=self._bound).exp()
-                if side == "x":
-                    s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
-                else:
-                    s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
-                S = S0 - eps * safe_log(s)
-                # Valid if |h - h0| stayed within the bound and no row underflowed (finite S0,
-                # zero sum); both checked with a single host synchronisation.
-                ok = (d.abs().amax() <= self._bound) & torch.isfinite(S).eq(torch.isfinite(S0)).all()
-                if bool(ok):
-                    return S
+                _, neg_h0, S0, K0, dead = hit
+                d = torch.add(neg_h0, h, alpha=1.0 / eps)  # (h - h0) / eps in one pass
+                if dead is not None:  # zero-weight points: K0 has zero columns there
+                    d.masked_fill_(dead, 0.0)
+                # Valid while |h - h0| / eps stays within the bound (a NaN fails too). Then no
+                # row can underflow either: each row of K0 sums to 1 and exp(d) >= exp(-bound).
+                if float(torch.linalg.vector_norm(d, math.inf)) <= self._bound:
+                    w = d.exp_()
+                    if side == "x":
+                        s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
+                    else:
+                        s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
+                    return torch.add(S0, s.log_(), alpha=-eps)
             return self._absorb(eps, h, side)
 
     def _absorb(self, eps: float, h: Tensor, side: str) -> Tensor:
-        # E = log w + (h - C)/eps, reduced over the "other" axis; built in place in one buffer.
+        # E = log w + (h - C)/eps, reduced over the "other" axis; one fused pass builds it.
         dim = -1 if side == "x" else -2
         if side == "x":
-            E = torch.sub(h.unsqueeze(1), self.C).div_(eps).add_(self.log_b.unsqueeze(1))
-            live = self.b > 0
+            E = torch.add((h / eps + self.log_b).unsqueeze(1), self.C, alpha=-1.0 / eps)
+            dead = self._dead_b
         else:
-            E = torch.sub(h.unsqueeze(2), self.C).div_(eps).add_(self.log_a.unsqueeze(2))
-            live = self.a > 0
+            E = torch.add((h / eps + self.log_a).unsqueeze(2), self.C, alpha=-1.0 / eps)
+            dead = self._dead_a
         m = E.amax(dim=dim, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         K0 = E.sub_(m).exp_()
         s = K0.sum(dim=dim, keepdim=True)
         S0 = -eps * (safe_log(s) + m).squeeze(dim)
         K0.div_(torch.where(s > 0, s, torch.ones_like(s)))
-        self._cache[side] = (eps, h.clone(), S0, K0, live)
+        self._cache[side] = (eps, h / -eps, S0, K0, dead)
         return S0
 
     def release_cache(self) -> None:
