@@ -73,8 +73,9 @@ class CouplingSample:
 
 def pairwise_cost(x0: Tensor, x1: Tensor) -> Tensor:
     """``C_ij = |x0_i - x1_j|^2 / 2`` for flattened ``x0: (n, D)``, ``x1: (m, D)`` -> ``(n, m)``."""
-    sq = (x0 * x0).sum(-1, keepdim=True) + (x1 * x1).sum(-1).unsqueeze(0) - 2.0 * x0 @ x1.T
-    return sq.clamp_min_(0.0).mul_(0.5)
+    half_sq = 0.5 * ((x0 * x0).sum(-1, keepdim=True) + (x1 * x1).sum(-1).unsqueeze(0))
+    # |x|^2/2 + |y|^2/2 - <x, y>, the product accumulated into the buffer by the GEMM itself.
+    return torch.addmm(half_sq, x0, x1.T, alpha=-1.0).clamp_min_(0.0)
 
 
 class PlanSampler:
@@ -170,27 +171,29 @@ class PlanSampler:
             )
         if f0.device != f1.device:
             raise ValueError(f"x0 is on {f0.device} but x1 is on {f1.device}; use one device.")
-        for name, x in (("x0", f0), ("x1", f1)):
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"{name} contains NaN or inf values; clean or drop those samples.")
         if f1.dtype != f0.dtype:
             f1 = f1.to(f0.dtype)
         return f0, f1
 
     def _cost(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, Tensor]:
-        """The cost ``|x-y|^2/2`` divided by its mean (or max) -> ``(C, s)`` with ``C = C_raw / s``."""
+        """The cost ``|x-y|^2/2`` divided by its mean (or max) -> ``(C, s)`` with ``C = C_raw / s``.
+
+        Raises:
+            ValueError: ``x0`` or ``x1`` holds NaN or inf (checked on the cost, one reduction).
+        """
         C = pairwise_cost(f0, f1)
-        if self.normalize_cost is None:
-            return C, C.new_ones(())
-        s = C.mean() if self.normalize_cost == "mean" else C.max()
-        if not bool(s > 0):
-            # All samples coincide: any plan is optimal; keep the raw (zero) cost.
+        s = C.mean() if self.normalize_cost in (None, "mean") else C.max()
+        if not bool(torch.isfinite(s)):
+            name = "x0" if not bool(torch.isfinite(f0).all()) else "x1"
+            raise ValueError(f"{name} contains NaN or inf values; clean or drop those samples.")
+        if self.normalize_cost is None or not bool(s > 0):
+            # No normalisation asked, or all samples coincide (any plan is optimal): raw cost.
             return C, C.new_ones(())
         return C.div_(s), s
 
     # ------------------------------------------------------------------ plans
     def _solve(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, int, bool]:
-        """Unnormalised entropic plan ``(n, m)``, Sinkhorn iterations and convergence.
+        """Entropic plan ``(n, m)`` divided by its mass, Sinkhorn iterations and convergence.
 
         The solver's pieces are called directly (not :func:`torchuot.sinkhorn`): the
         normalised cost matrix is built once here and handed to the dense backend, and the
@@ -216,7 +219,13 @@ class PlanSampler:
         f, g, n_iters, converged = _solve(
             ops, pen_a, pen_b, eps_list, self.max_iter, self.tol, "envelope", symmetric=False
         )
-        return ops.plan(self.eps, f, g)[0], n_iters, converged
+        # log pi_ij = log a_i + log b_j + (f_i + g_j - C_ij) / eps, built in place in one buffer;
+        # the plan divided by its mass is the softmax of the flattened log-plan: one fused op
+        # that cannot underflow (and avoids the slow path of exp far below -87 on CPU).
+        u = f[0] / self.eps + ops.log_a[0]
+        v = g[0] / self.eps + ops.log_b[0]
+        logP = torch.add(v.unsqueeze(0), C, alpha=-1.0 / self.eps).add_(u.unsqueeze(1))
+        return torch.softmax(logP.reshape(-1), 0).reshape(n, m), n_iters, converged
 
     def plan(self, x0: Tensor, x1: Tensor) -> Tensor:
         """The normalised plan ``pi / m(pi)`` -> ``(n, m)`` (sums to 1)."""
@@ -231,8 +240,8 @@ class PlanSampler:
         return self._normalise(P, n, m)
 
     def _normalise(self, P: Tensor, n: int, m: int) -> Tensor:
-        mass = P.sum()
-        if not bool(torch.isfinite(P).all()) or not bool(mass > 0):
+        mass = P.sum()  # entries are >= 0: the sum is finite iff every entry is
+        if not bool(torch.isfinite(mass) & (mass > 0)):
             msg = (
                 f"the {self.method!r} plan between batches of {n} and {m} samples has mass "
                 f"{float(mass):.3g} (underflow or non-finite entries) at eps={self.eps}; increase eps, "
@@ -244,7 +253,7 @@ class PlanSampler:
                 msg + " Falling back to independent pairs for this batch.", RuntimeWarning, stacklevel=3
             )
             return torch.full((n, m), 1.0 / (n * m), dtype=P.dtype, device=P.device)
-        return P / mass
+        return P.div_(mass)
 
     def _exact(self, C: Tensor) -> Tensor:
         try:

@@ -143,11 +143,18 @@ class TensorizedBackend:
             E = torch.add((h / eps + self.log_a).unsqueeze(2), self.C, alpha=-1.0 / eps)
             dead = self._dead_a
         m = E.amax(dim=dim, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        K0 = E.sub_(m).exp_()
-        s = K0.sum(dim=dim, keepdim=True)
-        S0 = -eps * (safe_log(s) + m).squeeze(dim)
-        K0.div_(torch.where(s > 0, s, torch.ones_like(s)))
+        # The normalised kernel exp(E - logsumexp E) in one fused op (torch's softmax kernel
+        # also stays fast where E - max E < -87: a plain exp falls to a slow path there).
+        K0 = torch.softmax(E, dim=dim)
+        del E
+        # log-sum-exp from the row max: at the argmax, K0 = exp(max E - logsumexp E).
+        lse = m - K0.amax(dim=dim, keepdim=True).log_()
+        if not bool(torch.isfinite(m).all()):
+            # A row with no live entry (m = -inf; softmax gives NaN): soft-min +inf, kernel 0.
+            bad = ~torch.isfinite(m)
+            K0.masked_fill_(bad, 0.0)
+            lse = torch.where(bad, m, lse)
+        S0 = lse.squeeze(dim).mul_(-eps)
         self._cache[side] = (eps, h / -eps, S0, K0, dead)
         return S0
 
