@@ -204,8 +204,12 @@ def test_bad_inputs():
         s.sample(x, torch.ones(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="k must be a positive integer"):
         s.sample(x, x, k=0)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="x1 contains NaN"):
         s.sample(x, torch.full((4, 3), float("nan")))
+    bad = x.clone()
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="x0 contains NaN or inf"):
+        PlanSampler("uot").plan(bad, x)
 
 
 def test_underflow_is_never_silent():

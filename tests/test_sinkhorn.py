@@ -310,3 +310,32 @@ def test_power_cost_p1_matches_pot():
     P = ot.sinkhorn(a.numpy(), b.numpy(), C, 0.05, method="sinkhorn_log", numItermax=100_000,
                     stopThr=1e-14)
     assert np.abs(res.plan().numpy() - P).max() <= 1e-6 * P.max()
+
+
+@pytest.mark.parametrize("reach", [None, 0.5])
+def test_convergence_checks_every_k_iterations_keep_the_fixed_point(reach):
+    # The loop reads its stopping rule every `check_every` iterations: any block length gives
+    # the same potentials (to the tolerance), a converged flag, and never exceeds max_iter.
+    from torchuot.backends import TensorizedBackend
+    from torchuot.sinkhorn import sinkhorn_loop
+
+    x, y, a, b = problem(mass_a=1.0, mass_b=1.0)
+    res = tu.sinkhorn(x, y, a, b, blur=0.05, reach=reach, tol=1e-12, max_iter=5000)
+    ops = TensorizedBackend(x[None], y[None], a[None], b[None], SquaredEuclidean())
+    eps_list = tu.epsilon_schedule(2.0, res.eps, 0.5)
+    for k in (1, 3, 10):
+        f, g, n, conv = sinkhorn_loop(
+            ops.softmin_x, ops.softmin_y, res.penalty_a, res.penalty_b, eps_list,
+            torch.zeros(1, 53, dtype=x.dtype), (ops.a, ops.b), max_iter=5000, tol=1e-12, check_every=k,
+        )
+        assert conv and n < 5000
+        # Plans, not potentials: balanced potentials are defined up to (f + c, g - c).
+        P = ops.plan(res.eps, f, g)[0]
+        assert (P - res.plan()).abs().max() <= 1e-9 * P.max()
+        # A cap that falls inside a block is honoured exactly.
+        *_, n_cap, conv_cap = sinkhorn_loop(
+            ops.softmin_x, ops.softmin_y, res.penalty_a, res.penalty_b, eps_list,
+            torch.zeros(1, 53, dtype=x.dtype), (ops.a, ops.b), max_iter=len(eps_list) + 6, tol=1e-12,
+            check_every=k,
+        )
+        assert n_cap == len(eps_list) + 6 and not conv_cap

@@ -17,7 +17,7 @@ Conventions: the cost is ``|x - y|^2 / 2`` (torchuot's default); with ``normaliz
 it is divided by its mean over the batch, as OTT-JAX's ``scale_cost="mean"`` does in the
 reference UOT-FM code (so ``eps = 0.01``, ``tau_a = 0.9``, ``tau_b = 1.0`` carry over unchanged;
 the ``1/2`` cancels). The normalised cost matrix is built once and handed to the dense backend
-(its epsilon schedule starts at twice the largest normalised cost). Unbalancedness is given in OTT's
+(its epsilon schedule starts at the largest normalised cost). Unbalancedness is given in OTT's
 ``tau = rho / (rho + eps)`` (``1`` is a balanced side) or GeomLoss's ``reach``
 (``rho = reach**2``, in normalised cost units).
 
@@ -212,10 +212,9 @@ class PlanSampler:
         a = torch.full((1, n), 1.0 / n, dtype=C.dtype, device=C.device)
         b = torch.full((1, m), 1.0 / m, dtype=C.dtype, device=C.device)
         ops = TensorizedBackend((f0 * r)[None], (f1 * r)[None], a, b, _COST, C=C[None])
-        # Starting the eps schedule at twice the largest cost (GeomLoss's diameter**2; not the
-        # bounding box's diagonal, far larger in high dimension) saves annealing stages
-        # without changing the solution.
-        eps_list = epsilon_schedule(max(2.0 * float(C.max()), self.eps), self.eps, self.scaling, 2.0)
+        # The eps schedule starts at the largest cost of the batch (the bounding box's diagonal
+        # of GeomLoss is far larger in high dimension): fewer annealing stages, same solution.
+        eps_list = epsilon_schedule(max(float(C.max()), self.eps), self.eps, self.scaling, 2.0)
         f, g, n_iters, converged = _solve(
             ops, pen_a, pen_b, eps_list, self.max_iter, self.tol, "envelope", symmetric=False
         )
