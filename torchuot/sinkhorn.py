@@ -226,13 +226,14 @@ def sinkhorn_loop(
     pending: list[Tensor] = []  # this block's changes, on the device
     # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
     # then measured over the finite entries; a non-finite change later switches to that too.
-    with torch.no_grad():
-        finite = bool(torch.isfinite(f).all() & torch.isfinite(g).all())
+    finite = bool(torch.isfinite(f.detach()).all() & torch.isfinite(g.detach()).all())
+    # Under grad="unroll" the change is measured on detached copies (no graph for it).
+    plain = (lambda t: t) if not torch.is_grad_enabled() else torch.Tensor.detach
     while n_iters < max_iter:
         f_new, g_new = step(eps, f, g, omega)
         n_iters += 1
-        with torch.no_grad():
-            pending.append((_sup_change_finite if finite else _sup_change)(f_new, f, g_new, g))
+        pending.append((_sup_change_finite if finite else _sup_change)(
+            plain(f_new), plain(f), plain(g_new), plain(g)))
         f, g = f_new, g_new
         k = len(changes) + len(pending)
         # Read the block at its end, at the last iteration, and where the momentum decides.
@@ -240,8 +241,7 @@ def sinkhorn_loop(
             use_momentum and k - 1 in _MOMENTUM_POINTS
         ):
             continue
-        with torch.no_grad():
-            block = torch.stack(pending + [_sup(f), _sup(g)]).tolist()
+        block = torch.stack(pending + [_sup(plain(f)), _sup(plain(g))]).tolist()
         pending = []
         thr = max(tol * eps, 16 * res * max(block[-1], block[-2], eps))
         for change in block[:-2]:

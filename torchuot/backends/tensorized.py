@@ -115,23 +115,27 @@ class TensorizedBackend:
         return self._softmin(eps, f, "y")
 
     def _softmin(self, eps: float, h: Tensor, side: str) -> Tensor:
-        with torch.no_grad():
-            hit = self._cache.get(side)
-            if hit is not None and hit[0] == eps:
-                _, neg_h0, S0, K0, dead = hit
-                d = torch.add(neg_h0, h, alpha=1.0 / eps)  # (h - h0) / eps in one pass
-                if dead is not None:  # zero-weight points: K0 has zero columns there
-                    d.masked_fill_(dead, 0.0)
-                # Valid while |h - h0| / eps stays within the bound (a NaN fails too). Then no
-                # row can underflow either: each row of K0 sums to 1 and exp(d) >= exp(-bound).
-                if float(torch.linalg.vector_norm(d, math.inf)) <= self._bound:
-                    w = d.exp_()
-                    if side == "x":
-                        s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
-                    else:
-                        s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
-                    return torch.add(S0, s.log_(), alpha=-eps)
-            return self._absorb(eps, h, side)
+        if torch.is_grad_enabled():  # the loop runs without grad already: no context to enter
+            with torch.no_grad():
+                return self._softmin(eps, h, side)
+        hit = self._cache.get(side)
+        if hit is not None and hit[0] == eps:
+            _, neg_h0, S0, K0, dead = hit
+            d = torch.add(neg_h0, h, alpha=1.0 / eps)  # (h - h0) / eps in one pass
+            if dead is not None:  # zero-weight points: K0 has zero columns there
+                d.masked_fill_(dead, 0.0)
+            # Valid while |h - h0| / eps stays within the bound (a NaN fails too). Then no
+            # row can underflow either: each row of K0 sums to 1 and exp(d) >= exp(-bound).
+            if float(torch.linalg.vector_norm(d, math.inf)) <= self._bound:
+                w = d.exp_()
+                if K0.shape[0] == 1:  # one problem: a plain matrix-vector product (less overhead)
+                    s = torch.mv(K0[0], w[0]).unsqueeze(0) if side == "x" else torch.matmul(w, K0[0])
+                elif side == "x":
+                    s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
+                else:
+                    s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
+                return torch.add(S0, s.log_(), alpha=-eps)
+        return self._absorb(eps, h, side)
 
     def _absorb(self, eps: float, h: Tensor, side: str) -> Tensor:
         # E = log w + (h - C)/eps, reduced over the "other" axis; one fused pass builds it.
