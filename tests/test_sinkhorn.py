@@ -339,3 +339,22 @@ def test_convergence_checks_every_k_iterations_keep_the_fixed_point(reach):
             check_every=k,
         )
         assert n_cap == len(eps_list) + 6 and not conv_cap
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_kl_shift_moment_fn_matches_shift_moment(zero):
+    # The translation step's precomputed moment (log-weights once) equals the per-call one,
+    # with positive weights and with zero weights (where it falls back to the weighted sum).
+    from torchuot.penalties import KL
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 20, generator=g, dtype=torch.float64) + 0.1
+    if zero:
+        a[:, ::3] = 0.0
+    f = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    pen = KL(0.05)
+    L, r = pen.shift_moment(f, a)
+    ref = torch.logsumexp(torch.log(a) - f / 0.05, dim=-1)
+    assert r == pytest.approx(1 / 0.05)
+    assert torch.allclose(pen.shift_moment_fn(a)(f), ref, rtol=1e-13, atol=0)
+    assert torch.allclose(L, ref, rtol=1e-13, atol=0)

@@ -15,6 +15,7 @@ and OTT's ``tau = rho / (rho + eps)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Union
 
 import torch
@@ -55,6 +56,11 @@ class Penalty:
         "Faster unbalanced optimal transport: translation invariant Sinkhorn", AISTATS 2022).
         """
         return None
+
+    def shift_moment_fn(self, a: Tensor) -> Callable[[Tensor], Tensor]:
+        """``f -> L`` of :meth:`shift_moment` for fixed weights ``a: (B, N)``; the loop asks
+        for it once per solve, so a penalty may precompute what depends on ``a`` alone."""
+        return lambda f: self.shift_moment(f, a)[0]  # type: ignore[index]
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.rho == other.rho  # type: ignore[attr-defined]
@@ -128,6 +134,13 @@ class KL(Penalty):
         floor = -80.0 if z.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
         s = (a * torch.exp(torch.clamp_min(z - m, floor))).sum(-1)
         return s.log() + m.squeeze(-1), 1.0 / self.rho
+
+    def shift_moment_fn(self, a: Tensor) -> Callable[[Tensor], Tensor]:
+        # Positive weights (the common case): log(a) once, then one fused logsumexp per call.
+        if not bool((a > 0).all()):
+            return super().shift_moment_fn(a)
+        log_a = a.log()
+        return lambda f: torch.logsumexp(torch.add(log_a, f, alpha=-1.0 / self.rho), dim=-1)
 
 
 class TV(Penalty):
