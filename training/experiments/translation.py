@@ -26,7 +26,8 @@ Metrics (:mod:`training.metrics`), on held-out source images:
 
 For a balanced plan the class proportions cap class preservation: with source proportions
 ``p`` and target proportions ``q`` at least ``sum_c max(p_c - q_c, 0)`` of the mass must change
-class; the report states this ceiling.
+class, and so must any translator whose outputs have the target's class proportions; the
+report states this ceiling.
 
 Run::
 
@@ -545,9 +546,11 @@ def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
     if ceil is not None:
         lines.append(
             f"Ceiling of a balanced map: with these proportions a balanced plan must move "
-            f"{_pct(1 - ceil['plain'])}% of the source mass to another class, so a translator that follows "
-            f"one preserves at most {_pct(ceil['plain'])}% of the classes ({_pct(ceil['balanced'])}% "
-            "balanced); an unbalanced plan is not bound by this."
+            f"{_pct(1 - ceil['plain'])}% of the source mass to another class, so any translator whose "
+            f"outputs have the target class proportions (the balanced plan, or a flow that fits it "
+            f"exactly) preserves at most {_pct(ceil['plain'])}% of the classes ({_pct(ceil['balanced'])}% "
+            "balanced). A partly trained flow can exceed this by not reaching the target distribution; "
+            "an unbalanced plan is not bound by it."
         )
     lines += [
         "Reading the FID column: a class-preserving translator keeps the *source* class proportions while "
