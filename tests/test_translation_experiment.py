@@ -60,6 +60,8 @@ def test_tiny_end_to_end_run_writes_the_report(shared_data, tmp_path):
         assert len(m) == 3 and all(sum(row) == pytest.approx(1.0) for row in m)
         assert saved["summary"][name]["plan_class_match"] == pytest.approx(sum(m[c][c] for c in range(3)) / 3)
     assert res["references"]["source, untranslated"]["transport_cost"] == 0.0
+    oracle = res["references"]["oracle: source image in the target style (`dilate`)"]
+    assert oracle["transport_cost"] > 0 and math.isfinite(oracle["feature_fid"])
     flips = res["class_flip_matrices_seed0"]["OT-FM"]
     assert len(flips) == 3 and all(abs(sum(row) - 1) < 1e-9 or sum(row) == 0 for row in flips)
     md = (tmp_path / "translation_mnist.md").read_text()
