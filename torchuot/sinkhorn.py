@@ -277,7 +277,7 @@ def _translation(
     ma, mb = penalty_a.shift_moment(f, a), penalty_b.shift_moment(g, b)
     if ma is None or mb is None or ma[1] + mb[1] == 0:
         return None  # balanced on both sides (or no closed form): nothing to translate
-    inv_r = 1.0 / (ma[1] + mb[1])
+    inv_r = torch.tensor(1.0 / (ma[1] + mb[1]), dtype=f.dtype, device=f.device)  # 0-d: cheaper than a float
     moment_a = (lambda f: ma[0]) if ma[1] == 0 else penalty_a.shift_moment_fn(a)
     moment_b = (lambda g: mb[0]) if mb[1] == 0 else penalty_b.shift_moment_fn(b)
 

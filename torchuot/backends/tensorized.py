@@ -140,11 +140,13 @@ class TensorizedBackend:
     def _absorb(self, eps: float, h: Tensor, side: str) -> Tensor:
         # E = log w + (h - C)/eps, reduced over the "other" axis; one fused pass builds it.
         dim = -1 if side == "x" else -2
+        # (Scalars enter through ``alpha``: a tensor-by-Python-float op costs twice as much on
+        # the small problems where per-op overhead dominates.)
         if side == "x":
-            E = torch.add((h / eps + self.log_b).unsqueeze(1), self.C, alpha=-1.0 / eps)
+            E = torch.add(torch.add(self.log_b, h, alpha=1.0 / eps).unsqueeze(1), self.C, alpha=-1.0 / eps)
             dead = self._dead_b
         else:
-            E = torch.add((h / eps + self.log_a).unsqueeze(2), self.C, alpha=-1.0 / eps)
+            E = torch.add(torch.add(self.log_a, h, alpha=1.0 / eps).unsqueeze(2), self.C, alpha=-1.0 / eps)
             dead = self._dead_a
         m = E.amax(dim=dim, keepdim=True)
         # The normalised kernel exp(E - logsumexp E) in one fused op (torch's softmax kernel
@@ -153,7 +155,7 @@ class TensorizedBackend:
         del E
         # log-sum-exp from the row max: at the argmax, K0 = exp(max E - logsumexp E).
         lse = m - K0.amax(dim=dim, keepdim=True).log_()
-        if not bool(torch.isfinite(m).all()):
+        if not math.isfinite(float(m.sum())):  # one reduction: a -inf, +inf or NaN row max
             # A row with no live entry (m = -inf; softmax gives NaN): soft-min +inf, kernel 0.
             bad = ~torch.isfinite(m)
             K0.masked_fill_(bad, 0.0)
