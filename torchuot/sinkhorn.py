@@ -181,10 +181,10 @@ def sinkhorn_loop(
     (``symmetric=True``) use the averaged fixed-point update ``f <- (f + T(f)) / 2``
     (Feydy et al. 2019, Eq. 25), and return ``g = f``.
 
-    The sup-norm change of every iteration is kept on the device and read in one host
-    synchronisation every ``check_every`` iterations (POT checks every 10): the stopping
-    rule and the momentum see every iteration's change, only later; a stop found inside a
-    block returns the block's last (more converged) iterate.
+    Convergence is read in one host synchronisation every ``check_every`` iterations (POT
+    checks every 10): the stopping rule (sup-norm change of ``f`` and ``g``) is tested on the
+    last iteration of each block; the momentum sees the change of ``g`` of every iteration,
+    recorded on the device in between.
 
     Args:
         g_init: starting target potential ``(B, M)`` (zeros: GeomLoss's initialisation).
@@ -225,7 +225,7 @@ def sinkhorn_loop(
     use_momentum = momentum and not symmetric
     converged = False
     omega, changes, rises = 1.0, [], 0
-    pending: list[Tensor] = []  # this block's changes, on the device
+    pending: list[Tensor] = []  # this block's changes of g, on the device
     # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
     # then measured over the finite entries; a non-finite change later switches to that too.
     finite = bool(torch.isfinite(f.detach()).all() & torch.isfinite(g.detach()).all())
@@ -234,30 +234,32 @@ def sinkhorn_loop(
     while n_iters < max_iter:
         f_new, g_new = step(eps, f, g, omega)
         n_iters += 1
-        pending.append((_sup_change_finite if finite else _sup_change)(
-            plain(f_new), plain(f), plain(g_new), plain(g)))
-        f, g = f_new, g_new
+        # Every iteration records max |g_new - g| (the momentum's rate signal; g = T(f) contracts
+        # at the rate of f); the stopping rule also takes max |f_new - f| of a block's last one.
+        pending.append(_sup_diff(plain(g_new), plain(g), finite))
+        f_prev, f, g = f, f_new, g_new
         k = len(changes) + len(pending)
         # Read the block at its end, at the last iteration, and where the momentum decides.
         if len(pending) < check_every and n_iters < max_iter and not (
             use_momentum and k - 1 in _MOMENTUM_POINTS
         ):
             continue
-        block = torch.stack(pending + [_sup(plain(f)), _sup(plain(g))]).tolist()
+        block = torch.stack(
+            pending + [_sup_diff(plain(f), plain(f_prev), finite), _sup(plain(f)), _sup(plain(g))]
+        ).tolist()
         pending = []
-        thr = max(tol * eps, 16 * res * max(block[-1], block[-2], eps))
-        for change in block[:-2]:
-            if not math.isfinite(change):
-                finite = False  # a potential left the finite range: measure as above from now on
-                continue
-            if change <= thr:
-                converged = True
-                break
+        *changes_g, change_f, sup_f, sup_g = block
+        if not all(map(math.isfinite, block[:-2])):
+            finite = False  # a potential left the finite range: measure as above from now on
+            continue
+        thr = max(tol * eps, 16 * res * max(sup_f, sup_g, eps))
+        if max(change_f, changes_g[-1]) <= thr:  # sup-norm change of the last iteration
+            converged = True
+            break
+        for change in changes_g:
             if use_momentum:
                 omega, rises = _momentum(changes, change, omega, rises)
             changes.append(change)
-        if converged:
-            break
     return f, g, n_iters, converged
 
 
@@ -293,15 +295,9 @@ def _sup(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0), math.inf)
 
 
-def _sup_change(f_new: Tensor, f: Tensor, g_new: Tensor, g: Tensor) -> Tensor:
-    """``max(|f_new - f|, |g_new - g|)`` over finite entries, a 0-d tensor (no host sync)."""
-    return torch.maximum(_sup(f_new - f), _sup(g_new - g))
-
-
-def _sup_change_finite(f_new: Tensor, f: Tensor, g_new: Tensor, g: Tensor) -> Tensor:
-    """:func:`_sup_change` for finite potentials (a non-finite entry gives NaN or inf)."""
-    inf = math.inf
-    return torch.maximum(torch.linalg.vector_norm(f_new - f, inf), torch.linalg.vector_norm(g_new - g, inf))
+def _sup_diff(t: Tensor, t_old: Tensor, finite: bool) -> Tensor:
+    """``max |t - t_old|`` (over the finite entries unless ``finite``), a 0-d tensor (no sync)."""
+    return torch.linalg.vector_norm(t - t_old, math.inf) if finite else _sup(t - t_old)
 
 
 #: Lengths of the change history at which the momentum re-estimates the rate.

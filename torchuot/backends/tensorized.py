@@ -30,6 +30,10 @@ __all__ = ["TensorizedBackend", "safe_logsumexp", "safe_log"]
 # absorption can never matter before the next one.
 _ABSORB_BOUND = {torch.float32: 20.0, torch.float64: 60.0, torch.float16: 6.0, torch.bfloat16: 6.0}
 
+# Kernels of at most this many entries get a contiguous transposed copy on their first reuse
+# (one problem, x side): a plain row-vector-times-matrix product then has the least overhead.
+_SMALL_TRANSPOSE = 2**16
+
 
 def safe_log(w: Tensor) -> Tensor:
     """``log(w)`` with ``-inf`` where ``w == 0`` and a zero (not NaN) gradient there."""
@@ -103,7 +107,7 @@ class TensorizedBackend:
         # Masks of zero-weight points (None when every weight is positive, the common case).
         self._dead_a = None if bool((a > 0).all()) else a <= 0
         self._dead_b = None if bool((b > 0).all()) else b <= 0
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, list] = {}
 
     # ------------------------------------------------------------------ soft-min (loop)
     def softmin_x(self, eps: float, g: Tensor) -> Tensor:
@@ -120,7 +124,7 @@ class TensorizedBackend:
                 return self._softmin(eps, h, side)
         hit = self._cache.get(side)
         if hit is not None and hit[0] == eps:
-            _, neg_h0, S0, K0, dead = hit
+            _, neg_h0, S0, K0, dead, mat = hit
             d = torch.add(neg_h0, h, alpha=1.0 / eps)  # (h - h0) / eps in one pass
             if dead is not None:  # zero-weight points: K0 has zero columns there
                 d.masked_fill_(dead, 0.0)
@@ -128,12 +132,20 @@ class TensorizedBackend:
             # row can underflow either: each row of K0 sums to 1 and exp(d) >= exp(-bound).
             if float(torch.linalg.vector_norm(d, math.inf)) <= self._bound:
                 w = d.exp_()
-                if K0.shape[0] == 1:  # one problem: a plain matrix-vector product (less overhead)
-                    s = torch.mv(K0[0], w[0]).unsqueeze(0) if side == "x" else torch.matmul(w, K0[0])
-                elif side == "x":
-                    s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
+                if K0.shape[0] > 1:
+                    if side == "x":
+                        s = torch.bmm(K0, w.unsqueeze(-1)).squeeze(-1)
+                    else:
+                        s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
                 else:
-                    s = torch.bmm(w.unsqueeze(1), K0).squeeze(1)
+                    # One problem: a row vector times a matrix, the fewest ops. On the x side
+                    # that matrix is K0^T, made contiguous at the first reuse when small.
+                    if mat is None:
+                        mat = K0[0] if side == "y" else K0[0].T
+                        if side == "x" and mat.numel() <= _SMALL_TRANSPOSE:
+                            mat = mat.contiguous()
+                        hit[5] = mat
+                    s = torch.matmul(w, mat)
                 return torch.add(S0, s.log_(), alpha=-eps)
         return self._absorb(eps, h, side)
 
@@ -161,7 +173,7 @@ class TensorizedBackend:
             K0.masked_fill_(bad, 0.0)
             lse = torch.where(bad, m, lse)
         S0 = lse.squeeze(dim).mul_(-eps)
-        self._cache[side] = (eps, h / -eps, S0, K0, dead)
+        self._cache[side] = [eps, h / -eps, S0, K0, dead, None]
         return S0
 
     def release_cache(self) -> None:
