@@ -281,24 +281,29 @@ class GridPairsBackend:
             K_rows, K_cols = self._kernels(eps)
             hh = h.reshape(B, self.H, self.W)
             keep = (self.keep_x if need is self.need_x else self.keep_y).reshape(B, self.H, self.W)
-            floor, normal = _FLOOR[h.dtype], torch.finfo(h.dtype).tiny
+            floor = _FLOOR[h.dtype]
             m1 = hh.amax(dim=-1, keepdim=True)  # (B, H, 1): shift per image row
             row_live = torch.isfinite(m1)
-            m1_t = torch.where(row_live, m1, torch.full_like(m1, -math.inf))  # T = -inf on empty rows
             m1 = torch.where(row_live, m1, torch.zeros_like(m1))
             # As on the stencil: floor + mask instead of exp(-inf) and denormals (slow paths).
             v = torch.exp(torch.clamp_min(hh - m1, floor)).mul_(keep)
-            s1 = torch.matmul(v, K_cols)  # (B, H, W): sum over columns j_c
-            # stage-1 underflow in a row with some mass
-            bad = (s1.amin(-1, keepdim=True) < tiny).logical_and_(row_live).flatten(1).any(1)
-            T = torch.log(s1.clamp_min_(normal)).add_(m1_t)
-            m2 = T.amax(dim=-2, keepdim=True)  # (B, 1, W): shift per image column
-            w = torch.exp(torch.clamp_min(T - m2, floor)).mul_(row_live)
-            s2 = torch.matmul(K_rows, w).reshape(B, -1)  # (B, H W): sum over rows j_r
+            s1 = torch.matmul(v, K_cols)  # (B, H, W): sum over columns j_c, row-shifted by m1
+            # Stage 2 without a log/exp round trip: exp(m1_r + log s1[r, c]) = s1[r, c] r_r e^M1
+            # with r = exp(m1 - M1) in (0, 1], rescaled per image column by its largest entry.
+            # Checked: stage-1 sums of rows with mass >= tiny, and their r >= sqrt(tiny), so that
+            # no product below underflows (>= tiny^1.5) and the column maxima are >= tiny.
+            M1 = torch.where(row_live, m1, torch.full_like(m1, -math.inf)).amax(dim=-2, keepdim=True)
+            r = torch.exp(torch.clamp_min(m1 - M1, floor)).mul_(row_live)  # (B, H, 1)
+            bad = ((s1.amin(-1, keepdim=True) < tiny) | (r < math.sqrt(tiny))).logical_and_(row_live)
+            bad = bad.flatten(1).any(1)
+            P = s1.mul_(r)
+            cmax = P.amax(dim=-2, keepdim=True)  # (B, 1, W), >= tiny on pairs that pass the check
+            cmax = torch.where(cmax > 0, cmax, torch.ones_like(cmax))
+            s2 = torch.matmul(K_rows, P.div_(cmax)).reshape(B, -1)  # (B, H W): sum over rows j_r
             # stage-2 underflow in a row that matters
             bad |= (s2 < tiny).logical_and_(need).any(1)
-            out = torch.log(s2.clamp_min_(normal)).add_(m2.reshape(B, 1, self.W).expand(B, self.H, self.W)
-                                                         .reshape(B, -1))
+            shift = (torch.log(cmax) + M1).expand(B, self.H, self.W).reshape(B, -1)
+            out = torch.log(s2.clamp_min_(torch.finfo(s2.dtype).tiny)).add_(shift)
         else:
             (Tk,) = self._kernels(eps)
             R, H, W = self.R, self.H, self.W
