@@ -12,7 +12,7 @@ from training.experiments.translation import (
     MethodSpec,
     TranslationConfig,
     balanced_plan_ceiling,
-    coupling_class_transfer,
+    coupling_diagnostics,
     main,
     run,
 )
@@ -59,6 +59,8 @@ def test_tiny_end_to_end_run_writes_the_report(shared_data, tmp_path):
     for name, m in res["coupling_class_transfer"].items():
         assert len(m) == 3 and all(sum(row) == pytest.approx(1.0) for row in m)
         assert saved["summary"][name]["plan_class_match"] == pytest.approx(sum(m[c][c] for c in range(3)) / 3)
+    assert saved["summary"]["OT-FM"]["plan_source_ess"] == pytest.approx(1.0)
+    assert 0 < saved["summary"]["UOT-FM tau=0.9"]["plan_source_ess"] < 1
     assert res["references"]["source, untranslated"]["transport_cost"] == 0.0
     oracle = res["references"]["oracle: source image in the target style (`dilate`)"]
     assert oracle["transport_cost"] > 0 and math.isfinite(oracle["feature_fid"])
@@ -100,21 +102,28 @@ def _two_clusters(n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def test_coupling_class_transfer_of_exact_ot_on_separated_classes_meets_the_ceiling():
+def test_coupling_diagnostics_of_exact_ot_on_separated_classes_meet_the_ceiling():
     # source 6/2, target 2/6: the exact balanced plan keeps all of class 1 and must send 4 of the
     # 6 class-0 units to class 1, so its rows are [1/3, 2/3] and [0, 1] (the ceiling).
     x0, y0 = _two_clusters(6, 2)
     x1, y1 = _two_clusters(2, 6)
     kw = dict(batch_size=8, n_batches=2, seed=0)
-    exact = coupling_class_transfer(MethodSpec("exact", "exact"), 0.01, x0, y0, x1, y1, **kw)
+    exact_d = coupling_diagnostics(MethodSpec("exact", "exact"), 0.01, x0, y0, x1, y1, **kw)
+    exact = exact_d["class_transfer"]
+    assert exact_d["source_ess"] == pytest.approx(1.0) and exact_d["target_ess"] == pytest.approx(1.0)
     torch.testing.assert_close(exact, torch.tensor([[1 / 3, 2 / 3], [0.0, 1.0]], dtype=torch.float64))
     ceiling = balanced_plan_ceiling([0.75, 0.25], [0.25, 0.75], 2)
     assert float(exact.diagonal().mean()) == pytest.approx(ceiling["balanced"])
-    indep = coupling_class_transfer(MethodSpec("i", "independent"), 0.01, x0, y0, x1, y1, **kw)
+    indep = coupling_diagnostics(MethodSpec("i", "independent"), 0.01, x0, y0, x1, y1, **kw)["class_transfer"]
     torch.testing.assert_close(indep, torch.tensor([[0.25, 0.75], [0.25, 0.75]], dtype=torch.float64))
     # an unbalanced plan is not bound by the ceiling: it keeps more of class 0 within its class
-    uot = coupling_class_transfer(MethodSpec("u", "uot", 0.5, 0.5), 0.01, x0, y0, x1, y1, **kw)
+    uot_d = coupling_diagnostics(MethodSpec("u", "uot", 0.5, 0.5), 0.01, x0, y0, x1, y1, **kw)
+    uot = uot_d["class_transfer"]
     assert float(uot[0, 0]) > 0.9 and float(uot[1, 1]) > 0.99
+    # it does so by re-weighting: p0 q0 = p1 q1 here, so by symmetry both class blocks carry the
+    # same mass; each class-0 source then weighs 1/12 and each class-1 source 1/4, an effective
+    # sample size of 1 / (6/144 + 2/16) = 6 of 8 sources
+    assert uot_d["source_ess"] == pytest.approx(0.75, abs=0.01)
 
 
 def test_balanced_plan_ceiling_known_values():

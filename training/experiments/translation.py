@@ -79,7 +79,7 @@ __all__ = [
     "build_data",
     "run",
     "main",
-    "coupling_class_transfer",
+    "coupling_diagnostics",
     "balanced_plan_ceiling",
     "DEFAULT_METHODS",
 ]
@@ -207,7 +207,7 @@ def _relabel(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def coupling_class_transfer(
+def coupling_diagnostics(
     spec: MethodSpec,
     eps: float,
     x0: torch.Tensor,
@@ -218,8 +218,8 @@ def coupling_class_transfer(
     batch_size: int,
     n_batches: int,
     seed: int = 0,
-) -> torch.Tensor:
-    """Where each source class's plan mass goes, on random training minibatches.
+) -> dict[str, Any]:
+    """Where each source class's plan mass goes, and how many samples carry it, on training minibatches.
 
     Args:
         spec: the coupling. x0: ``(n, C, H, W)`` source, y0: ``(n,)`` labels in ``0..K-1``;
@@ -227,13 +227,18 @@ def coupling_class_transfer(
         batch_size, n_batches: minibatch size and count; seed: seed of the batch draws.
 
     Returns:
-        ``(K, K)`` float64, row-normalised: entry ``[a, b]`` is the share of the plan mass of
-        source class ``a`` sent to target images of class ``b`` (summed over batches).
+        ``"class_transfer"``: ``(K, K)`` float64, row-normalised: entry ``[a, b]`` is the share
+        of the plan mass of source class ``a`` sent to target images of class ``b`` (summed over
+        batches). ``"source_ess"`` / ``"target_ess"``: the effective sample size
+        ``1 / sum_i w_i^2`` of the normalised source / target marginal ``w`` of the plan, as a
+        fraction of the batch, averaged over batches (1 for a balanced plan; an unbalanced plan
+        that trains the flow on a few pairs only gives a small value).
     """
     k = int(y0.max()) + 1
     gen = torch.Generator().manual_seed(seed)
     sampler = spec.sampler(eps)
     m = torch.zeros(k, k, dtype=torch.float64)
+    ess_a, ess_b = [], []
     oh0 = torch.nn.functional.one_hot(y0.long(), k).double()
     valid1 = (y1 >= 0) & (y1 < k)
     oh1 = torch.nn.functional.one_hot(y1.long().clamp(0, k - 1), k).double() * valid1[:, None]
@@ -242,7 +247,14 @@ def coupling_class_transfer(
         j = torch.randperm(len(x1), generator=gen)[:batch_size]
         plan = sampler.plan(x0[i], x1[j]).double()
         m += oh0[i].T @ plan @ oh1[j]
-    return m / m.sum(1, keepdim=True).clamp_min(1e-300)
+        wa, wb = plan.sum(1) / plan.sum(), plan.sum(0) / plan.sum()
+        ess_a.append(float(1 / (len(i) * wa.pow(2).sum())))
+        ess_b.append(float(1 / (len(j) * wb.pow(2).sum())))
+    return {
+        "class_transfer": m / m.sum(1, keepdim=True).clamp_min(1e-300),
+        "source_ess": sum(ess_a) / n_batches,
+        "target_ess": sum(ess_b) / n_batches,
+    }
 
 
 def balanced_plan_ceiling(p: list[float] | None, q: list[float] | None, k: int) -> dict[str, float]:
@@ -366,7 +378,7 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
     y0_tr_rel, y1_tr_rel = _relabel(y0_tr, tgt_classes), _relabel(y1_tr, tgt_classes)
     has0 = y0_tr_rel >= 0
     transfer = {
-        spec.name: coupling_class_transfer(
+        spec.name: coupling_diagnostics(
             spec, cfg.eps, x0_tr[has0], y0_tr_rel[has0], x1_tr, y1_tr_rel,
             batch_size=cfg.batch_size, n_batches=cfg.coupling_batches, seed=cfg.data_seed,
         )
@@ -408,7 +420,10 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
             for m in ("class_preservation", "class_preservation_balanced", "feature_fid", "transport_cost",
                       "train_time_s")
         }
-        summary[spec.name]["plan_class_match"] = float(transfer[spec.name].diagonal().mean())
+        diag = transfer[spec.name]
+        summary[spec.name]["plan_class_match"] = float(diag["class_transfer"].diagonal().mean())
+        summary[spec.name]["plan_source_ess"] = diag["source_ess"]
+        summary[spec.name]["plan_target_ess"] = diag["target_ess"]
     result = {
         "task": cfg.task,
         "config": cfg.as_dict(),
@@ -417,7 +432,7 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
         "feature_net_heldout_accuracy": feat_acc,
         "feature_net_heldout_balanced_accuracy": feat_bacc,
         "balanced_plan_ceiling": ceiling,
-        "coupling_class_transfer": {name: t.tolist() for name, t in transfer.items()},
+        "coupling_class_transfer": {name: t["class_transfer"].tolist() for name, t in transfer.items()},
         "evaluation_nets_train_time_s": round(eval_time, 2),
         "n_eval": len(x0_ev),
         "n_train": {"source": len(x0_tr), "target": len(x1_tr)},
@@ -522,14 +537,15 @@ def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
         f"within this table): held-out accuracy {_pct(res['feature_net_heldout_accuracy'])}%, balanced "
         f"{_pct(res['feature_net_heldout_balanced_accuracy'])}%.",
         "",
-        "| method | class preservation (%) | balanced preservation (%) | plan class match (%) | feature FID "
-        "| transport cost | train time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | class preservation (%) | balanced preservation (%) | plan class match (%) | plan ESS (%) "
+        "| feature FID | transport cost | train time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in res["summary"].items():
         lines.append(
             f"| {name} | {_fmt(s['class_preservation'], 100)} | "
             f"{_fmt(s['class_preservation_balanced'], 100)} | {_pct(s['plan_class_match'])} | "
+            f"{_pct(s['plan_source_ess'])} | "
             f"{_fmt(s['feature_fid'], 1, 2)} | "
             f"{_fmt(s['transport_cost'], 1, 1)} | {_fmt(s['train_time_s'], 1, 0)} |"
         )
@@ -537,7 +553,7 @@ def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
         tc = "–" if math.isnan(m["transport_cost"]) else f"{m['transport_cost']:.1f}"
         lines.append(
             f"| *reference: {name}* | {_pct(m['class_preservation'])} | "
-            f"{_pct(m['class_preservation_balanced'])} | – | {m['feature_fid']:.2f} | {tc} | – |"
+            f"{_pct(m['class_preservation_balanced'])} | – | – | {m['feature_fid']:.2f} | {tc} | – |"
         )
     lines += [
         "",
@@ -546,7 +562,10 @@ def _markdown(res: dict[str, Any], cfg: TranslationConfig) -> str:
         "diagonal of the class flip matrix). Plan class match: on "
         f"{cfg.coupling_batches} training minibatches, the share of each source class's plan mass "
         "coupled to target images of the same class, averaged over classes (a property of the coupling "
-        "alone; the flow is trained on pairs drawn from it). Transport cost: mean over images of "
+        "alone; the flow is trained on pairs drawn from it). Plan ESS: effective sample size "
+        "1 / sum_i w_i^2 of the plan's normalised source marginal w, as a share of the batch (100% for "
+        "balanced plans; a low value means the flow is trained on few source images). Transport cost: "
+        "mean over images of "
         "|x - T(x)|^2 (pixels in [-1, 1]). Class flip matrices (seed "
         f"{cfg.seeds[0]}; rows = source class, columns = predicted class of the translation) and the "
         "coupling class-transfer matrices are in the JSON.",
