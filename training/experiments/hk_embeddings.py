@@ -69,7 +69,13 @@ def distance_matrices(images: torch.Tensor, *, kappa: float, blur: float, tol: f
             out[name] = np.load(path)
             continue
         t0 = time.perf_counter()
-        out[name] = pairwise_distances(images, progress=progress, **kw).double().numpy()
+        # A partial matrix is checkpointed next to the cache, so an interrupted run resumes.
+        ckpt = None if path is None or name == "Euclidean" else path.with_suffix(".partial.pt")
+        if ckpt is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        out[name] = pairwise_distances(images, progress=progress, checkpoint=ckpt, **kw).double().numpy()
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
         _log.info("%s distances of %d images: %.1fs", name, len(images), time.perf_counter() - t0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kappa", type=float, nargs="+", default=[2.0],
                    help="HK length scale(s) in pixels; several values run a kappa sweep")
     p.add_argument("--blur", type=float, default=1.0, help="entropic blur in pixels")
-    p.add_argument("--tol", type=float, default=1e-3, help="Sinkhorn tolerance (relative to eps)")
+    p.add_argument("--tol", type=float, default=1e-2,
+                   help="Sinkhorn tolerance (relative to eps); 1e-2 moves the squared distances by < 4e-6 "
+                        "(W2) and < 1e-9 (HK) relative to 1e-6 on MNIST pairs")
     p.add_argument("--dim", type=int, default=None, help="embedding dimension (default: local-SVD estimate)")
     p.add_argument("--alpha", type=float, default=0.9, help="explained-variance threshold of the estimate")
     p.add_argument("--n-neighbors", type=int, default=10)
