@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,15 @@ def test_config_errors(tmp_path):
         TranslationConfig.from_yaml(bad)
     with pytest.raises(ValueError, match="--methods"):
         main(["--methods", "nope", "--no-progress"])
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "training" / "configs").glob("translation_*.yaml")), ids=str
+)
+def test_shipped_translation_configs_load(path):
+    cfg = TranslationConfig.from_yaml(path)
+    assert cfg.method_specs and cfg.seeds
+    if cfg.task == "pneumoniamnist":
+        assert cfg.source_proportions[0] > cfg.source_proportions[1]  # normal-heavy source
+        assert cfg.target_proportions[0] < cfg.target_proportions[1]  # pneumonia-heavy target
+        assert cfg.classifier_class_weight == "balanced" and cfg.description
