@@ -242,3 +242,26 @@ def test_bad_images():
         pairwise_distances(torch.cat([torch.ones(1, 4, 4), torch.zeros(1, 4, 4)]))
     with pytest.raises(ValueError, match="NaN"):
         pairwise_distances(torch.full((2, 4, 4), float("nan")))
+
+
+def test_hk_stencil_precision_follows_the_kernel_span():
+    """Small eps (kappa = 5 px, blur = 1 px: stencil costs up to 150 eps) runs the stencil in float64,
+    where float32 sent most soft-mins to the log-domain fallback; kappa = 2 px stays in float32. Both
+    agree with the float64 reference."""
+    from torchuot.images import _Problem
+    from torchuot.sinkhorn import _solve
+
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.rand(3, 12, 12, generator=g) * (torch.rand(3, 12, 12, generator=g) > 0.6)
+    a, b = imgs[[0, 1]].reshape(2, -1), imgs[[1, 2]].reshape(2, -1)
+    for kappa, want in ((2.0, torch.float32), (5.0, torch.float64)):
+        prob = _Problem("hk", (12, 12), 1.0, 16.0, kappa=kappa, blur=1.0, reach=None, scaling=0.5,
+                        max_iter=1000, tol=1e-4)
+        ops = prob.ops(a, b)
+        assert ops.exp_dtype == want
+        with torch.no_grad():
+            _solve(ops, prob.pen, prob.pen, prob.eps_list, 1000, 1e-4, "envelope", symmetric=False)
+        assert ops.n_fallback == 0  # no pair needed the log-domain path
+        v32 = prob.value(a, b)
+        v64 = prob.value(a.double(), b.double())
+        torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-6)
