@@ -42,8 +42,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +51,7 @@ from ._typing import Tensor
 from .backends import safe_log
 from .costs import HKConeCost, SquaredEuclidean
 from .penalties import KL, Balanced, Penalty
+from .progress import progress_bar
 from .sinkhorn import _solve, dual_value, epsilon_schedule
 
 __all__ = [
@@ -152,6 +153,15 @@ _FLOOR = {torch.float64: -600.0, torch.float32: -87.0}
 _F32_STENCIL_SPAN = 30.0  # max stencil cost / eps up to which the HK stencil runs in float32
 
 
+class _Side(NamedTuple):
+    """What one soft-min direction of :class:`GridPairsBackend` keeps across iterations."""
+
+    h: Tensor  # (B, P) log-weights of the pixels that enter the sum, -inf elsewhere
+    need: Tensor  # (B, P) bool: rows whose sum must not underflow
+    keep: Tensor  # (B, P) 0/1: isfinite(h), multiplies exp(h - shift) (no exp(-inf))
+    dead: Tensor | None  # (B, P) stencil only: -inf on rows that reach no mass, else 0
+
+
 class GridPairsBackend:
     """Soft-mins for a batch of ``B`` pairs of images on ONE shared ``H x W`` grid.
 
@@ -199,8 +209,10 @@ class GridPairsBackend:
             c = torch.arange(self.W, dtype=torch.float64, device=dev) * spacing
             self.C_rows = (r[:, None] - r[None, :]) ** 2 / 2  # (H, H)
             self.C_cols = (c[:, None] - c[None, :]) ** 2 / 2  # (W, W)
-            # The target pixels that matter for softmin_x / softmin_y: all of them.
-            self.mask_x = self.mask_y = None
+            # Every pixel with mass enters each soft-min; every row's sum must stay representable.
+            h_x, h_y = self.log_b, self.log_a
+            need_x, need_y = a > 0, b > 0
+            dead_x = dead_y = None
         elif kind == "stencil":
             if kappa is None:
                 raise ValueError("kind='stencil' needs kappa.")
@@ -210,29 +222,24 @@ class GridPairsBackend:
             for (dr, dc), c in zip(self.offsets, c_off, strict=True):
                 self.C_sten[R + dr, R + dc] = c
             # j can enter a row i with a_i > 0 only if some source mass lies within reach of j.
-            self.mask_x = self._reach(a > 0) & (b > 0)
-            self.mask_y = self._reach(b > 0) & (a > 0)
+            mask_x = self._reach(a > 0) & (b > 0)
+            mask_y = self._reach(b > 0) & (a > 0)
             # rows with some live target pixel in their stencil: their sum must not vanish
-            self.live_x = self._reach(self.mask_x)
-            self.live_y = self._reach(self.mask_y)
+            live_x, live_y = self._reach(mask_x), self._reach(mask_y)
+            ninf = torch.full_like(self.log_a, -math.inf)
+            h_x, h_y = torch.where(mask_x, self.log_b, ninf), torch.where(mask_y, self.log_a, ninf)
+            need_x, need_y = (a > 0) & live_x, (b > 0) & live_y
+            zero = torch.zeros((), dtype=exp_dtype, device=dev)
+            dead_x, dead_y = torch.where(live_x, zero, -math.inf), torch.where(live_y, zero, -math.inf)
         else:
             raise ValueError(f"kind must be 'separable' or 'stencil', got {kind!r}.")
-        # Constant across iterations: the masked log-weights that enter each soft-min, and the
-        # rows whose sum must not underflow (checked for the log-domain fallback).
-        ninf = torch.full_like(self.log_a, -math.inf)
-        if kind == "stencil":
-            self.h_x = torch.where(self.mask_x, self.log_b, ninf).to(exp_dtype)
-            self.h_y = torch.where(self.mask_y, self.log_a, ninf).to(exp_dtype)
-            self.need_x, self.need_y = (a > 0) & self.live_x, (b > 0) & self.live_y
-            self.keep_x = torch.isfinite(self.h_x).to(exp_dtype)
-            self.keep_y = torch.isfinite(self.h_y).to(exp_dtype)
-            zero = torch.zeros((), dtype=exp_dtype, device=dev)
-            self.dead_x = torch.where(self.live_x, zero, -math.inf)
-            self.dead_y = torch.where(self.live_y, zero, -math.inf)
-        else:
-            self.h_x, self.h_y = self.log_b.to(exp_dtype), self.log_a.to(exp_dtype)
-            self.need_x, self.need_y = a > 0, b > 0
-            self.keep_x, self.keep_y = (b > 0).to(exp_dtype), (a > 0).to(exp_dtype)
+        # Constant across iterations, per side: the masked log-weights that enter the soft-min,
+        # the rows whose sum must not underflow, the 0/1 mask of the finite log-weights and
+        # (stencil) the -inf of the rows that can reach no mass.
+        self._sides = {
+            "x": _Side(h_x.to(exp_dtype), need_x, torch.isfinite(h_x).to(exp_dtype), dead_x),
+            "y": _Side(h_y.to(exp_dtype), need_y, torch.isfinite(h_y).to(exp_dtype), dead_y),
+        }
         self._kern: dict[float, tuple[Tensor, ...]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -250,38 +257,35 @@ class GridPairsBackend:
         return hit
 
     def _kernels64(self, eps: float) -> tuple[Tensor, ...]:
-        hit = None
-        if hit is None:
-            if self.kind == "separable":
-                hit = (torch.exp(-self.C_rows / eps), torch.exp(-self.C_cols / eps))
-            else:
-                # Banded blocks, one per row offset: Tk[k * W + jc, ic] = exp(-C(k - R, jc - ic) / eps)
-                # (zero outside the stencil), so that the 2D stencil sum over (jr, jc) is ONE GEMM of
-                # the row-unfolded image (B * H, (2R+1) * W) against Tk ((2R+1) * W, W).
-                R, W = self.R, self.W
-                k = torch.exp(-self.C_sten / eps)  # (2R+1, 2R+1), zero past the truncation
-                jc = torch.arange(W, device=k.device)
-                dc = jc[:, None] - jc[None, :]  # jc - ic, (W, W) indexed [jc, ic]
-                inside = dc.abs() <= R
-                Tk = torch.where(inside[None], k[:, (dc.clamp(-R, R) + R)],
-                                 torch.zeros((), dtype=k.dtype, device=k.device))  # (2R+1, W, W)
-                hit = (Tk.reshape(-1, W),)
-        return hit
+        if self.kind == "separable":
+            return torch.exp(-self.C_rows / eps), torch.exp(-self.C_cols / eps)
+        # Banded blocks, one per row offset: Tk[k * W + jc, ic] = exp(-C(k - R, jc - ic) / eps)
+        # (zero outside the stencil), so that the 2D stencil sum over (jr, jc) is ONE GEMM of the
+        # row-unfolded image (B * H, (2R+1) * W) against Tk ((2R+1) * W, W).
+        R, W = self.R, self.W
+        k = torch.exp(-self.C_sten / eps)  # (2R+1, 2R+1), zero past the truncation
+        jc = torch.arange(W, device=k.device)
+        dc = jc[:, None] - jc[None, :]  # jc - ic, (W, W) indexed [jc, ic]
+        inside = dc.abs() <= R
+        Tk = torch.where(inside[None], k[:, (dc.clamp(-R, R) + R)],
+                         torch.zeros((), dtype=k.dtype, device=k.device))  # (2R+1, W, W)
+        return (Tk.reshape(-1, W),)
 
     # ------------------------------------------------------------------ soft-min
-    def _log_kernel(self, eps: float, h: Tensor, need: Tensor) -> Tensor:
+    def _log_kernel(self, eps: float, h: Tensor, side: _Side) -> Tensor:
         """``log sum_j exp(h_j - C_ij / eps)`` for every pixel ``i``: ``h (B, P) -> (B, P)``.
 
-        ``h`` is ``-inf`` at the ``j`` that cannot enter a row that matters; ``need`` ``(B, P)``
-        marks the rows whose sum must not underflow (a pair where one does is redone in the log
-        domain). Other rows may come out as anything finite or ``+-inf``.
+        ``h`` is ``-inf`` at the ``j`` that cannot enter a row that matters; ``side.need``
+        ``(B, P)`` marks the rows whose sum must not underflow (a pair where one does is redone in
+        the log domain). Other rows may come out as anything finite or ``+-inf``.
         """
+        need = side.need
         B = h.shape[0]
         tiny = _TINY[h.dtype]
         if self.kind == "separable":
             K_rows, K_cols = self._kernels(eps)
             hh = h.reshape(B, self.H, self.W)
-            keep = (self.keep_x if need is self.need_x else self.keep_y).reshape(B, self.H, self.W)
+            keep = side.keep.reshape(B, self.H, self.W)
             floor = _FLOOR[h.dtype]
             m1 = hh.amax(dim=-1, keepdim=True)  # (B, H, 1): shift per image row
             row_live = torch.isfinite(m1)
@@ -314,16 +318,14 @@ class GridPairsBackend:
             # (about 10x slower). The raised terms add at most P exp(_FLOOR) to a sum that is
             # either >= tiny (a relative error below 1e-8) or sent to the log-domain fallback.
             floor = _FLOOR[h.dtype]
-            keep = self.keep_x if need is self.need_x else self.keep_y
-            v = torch.exp(torch.clamp_min(h - M, floor)).mul_(keep).reshape(B, H, W)
+            v = torch.exp(torch.clamp_min(h - M, floor)).mul_(side.keep).reshape(B, H, W)
             # U[b, ir, k, jc] = v[b, ir + k - R, jc]: the 2R+1 source rows each target row sees.
             U = torch.nn.functional.pad(v, (0, 0, R, R)).unfold(1, 2 * R + 1, 1).transpose(2, 3)
             s = torch.matmul(U.reshape(B * H, -1), Tk).reshape(B, -1)
             bad = (s < tiny).logical_and_(need).any(1)
             # s = 0 exactly on the rows with no live pixel in their stencil (+inf soft-min, mass
             # that cannot move): log(0) is a slow path, so those rows get -inf by an add.
-            dead = self.dead_x if need is self.need_x else self.dead_y
-            out = torch.log(s.clamp_min_(torch.finfo(s.dtype).tiny)).add_(M).add_(dead)
+            out = torch.log(s.clamp_min_(torch.finfo(s.dtype).tiny)).add_(M).add_(side.dead)
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
             self.n_fallback += int(idx.numel())
@@ -349,13 +351,15 @@ class GridPairsBackend:
 
     def softmin_x(self, eps: float, g: Tensor) -> Tensor:
         """``-eps log sum_j b_j exp((g_j - C_ij)/eps)`` -> ``(B, P)`` (exact where ``a_i > 0``)."""
-        h = torch.add(self.h_x, g.to(self.exp_dtype), alpha=1.0 / eps)
-        return self._log_kernel(eps, h, self.need_x).mul_(-eps).to(g.dtype)
+        side = self._sides["x"]
+        h = torch.add(side.h, g.to(self.exp_dtype), alpha=1.0 / eps)
+        return self._log_kernel(eps, h, side).mul_(-eps).to(g.dtype)
 
     def softmin_y(self, eps: float, f: Tensor) -> Tensor:
         """``-eps log sum_i a_i exp((f_i - C_ij)/eps)`` -> ``(B, P)`` (the grid cost is symmetric)."""
-        h = torch.add(self.h_y, f.to(self.exp_dtype), alpha=1.0 / eps)
-        return self._log_kernel(eps, h, self.need_y).mul_(-eps).to(f.dtype)
+        side = self._sides["y"]
+        h = torch.add(side.h, f.to(self.exp_dtype), alpha=1.0 / eps)
+        return self._log_kernel(eps, h, side).mul_(-eps).to(f.dtype)
 
     # No cached state that autograd would miss: the same functions serve dual_value.
     softmin_x_autograd = softmin_x
@@ -571,7 +575,8 @@ def pairwise_distances(
                  "self_a": None, "self_b": None}
     D_cpu: Tensor = state["D"]
 
-    bar = _progress_bar(progress, n_pairs + (N + (0 if one_set else M) if debias else 0))
+    bar = progress_bar(n_pairs + (N + (0 if one_set else M) if debias else 0), desc="pairwise OT",
+                       unit="pair", enabled=progress)
     with torch.no_grad():
         if debias and state["self_a"] is None:
             state["self_a"] = _self_terms(prob, wa, block_size, bar).cpu()
@@ -688,14 +693,3 @@ def _save_checkpoint(path: str | os.PathLike | None, state: dict) -> None:
     tmp = Path(str(path) + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
-
-
-def _progress_bar(progress: bool, total: int) -> Callable | None:
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        _log.info("progress=True but tqdm is not installed; no progress bar.")
-        return None
-    return tqdm(total=total, desc="pairwise OT", unit="pair")

@@ -124,23 +124,28 @@ class KL(Penalty):
         return self.rho * (mlogm - m + a).sum(-1)
 
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
-        # sum_i a_i exp(-(f_i + lam)/rho) = exp(L - lam/rho), L = m + log sum_i a_i exp(-f_i/rho - m)
-        # with m the largest -f_i/rho where a_i > 0. Written as a weighted sum, not a logsumexp of
-        # log(a): zero weights would feed exp(-inf), a slow path of the CPU kernels; exponents are
-        # floored where the term is far below float resolution anyway.
-        z = f / -self.rho
-        m = torch.where(a > 0, z, torch.full_like(z, -math.inf)).amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        floor = -80.0 if z.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
-        s = (a * torch.exp(torch.clamp_min(z - m, floor))).sum(-1)
-        return s.log() + m.squeeze(-1), 1.0 / self.rho
+        return self.shift_moment_fn(a)(f), 1.0 / self.rho
 
     def shift_moment_fn(self, a: Tensor) -> Callable[[Tensor], Tensor]:
-        # Positive weights (the common case): log(a) once, then one fused logsumexp per call.
-        if not bool((a > 0).all()):
-            return super().shift_moment_fn(a)
-        log_a = a.log()
-        return lambda f: torch.logsumexp(torch.add(log_a, f, alpha=-1.0 / self.rho), dim=-1)
+        # sum_i a_i exp(-(f_i + lam)/rho) = exp(L - lam/rho), L = logsumexp_i(log a_i - f_i/rho).
+        r = -1.0 / self.rho
+        if bool((a > 0).all()):  # the common case: log(a) once, one fused logsumexp per call
+            log_a = a.log()
+            return lambda f: torch.logsumexp(torch.add(log_a, f, alpha=r), dim=-1)
+        # Zero weights: a weighted sum shifted by the largest -f_i/rho over a_i > 0, not a
+        # logsumexp of log(0) = -inf (exp(-inf) is a slow path of the CPU kernels); exponents
+        # are floored where a term is far below float resolution anyway.
+        off = torch.where(a > 0, torch.zeros_like(a), torch.full_like(a, -math.inf))
+        floor = -80.0 if a.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
+
+        def moment(f: Tensor) -> Tensor:
+            z = torch.mul(f, r)
+            m = torch.add(z, off).amax(-1, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            s = (a * torch.exp(torch.clamp_min(z - m, floor))).sum(-1)
+            return s.log() + m.squeeze(-1)
+
+        return moment
 
 
 class TV(Penalty):

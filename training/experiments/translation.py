@@ -60,6 +60,7 @@ import torch
 
 from models.velocity import UNetVelocity
 from torchuot.couplings import PlanSampler
+from torchuot.progress import progress_bar
 from training.data import MedMNISTDataModule, MNISTDataModule, UnpairedDataModule, domain_transform
 from training.metrics import (
     accuracy,
@@ -392,7 +393,7 @@ def run(cfg: TranslationConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     flips: dict[str, list[list[float]]] = {}
     runs = [(spec, seed) for spec in cfg.method_specs for seed in cfg.seeds]
-    bar = _progress(len(runs), cfg.progress)
+    bar = progress_bar(len(runs), desc="translation runs", unit="run", enabled=cfg.progress)
     for spec, seed in runs:
         if bar is not None:
             bar.set_postfix_str(f"{spec.name} seed={seed}")
@@ -473,17 +474,6 @@ def _pick_show(y: torch.Tensor, n: int) -> torch.Tensor:
                 out.append(int(p[r]))
         r += 1
     return torch.tensor(out, dtype=torch.long)
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        _log.info("tqdm is not installed; no progress bar.")
-        return None
-    return tqdm(total=total, desc="translation runs", unit="run")
 
 
 def _save_panel(panels: dict[str, torch.Tensor], path: Path) -> None:
