@@ -5,12 +5,13 @@ from .divergence import hk_distance, sinkhorn_divergence
 from .losses import HKLoss, SinkhornDivergence, UnbalancedSinkhornLoss
 from .penalties import KL, TV, Balanced, Penalty, ReverseKL
 from .result import UOTResult
-from .sinkhorn import epsilon_schedule, sinkhorn
+from .sinkhorn import epsilon_schedule, sinkhorn, sinkhorn_from_cost
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sinkhorn",
+    "sinkhorn_from_cost",
     "sinkhorn_divergence",
     "hk_distance",
     "UnbalancedSinkhornLoss",

@@ -8,7 +8,8 @@ import torch
 
 from ._typing import Tensor
 
-__all__ = ["as_points", "as_point_pair", "as_weights", "check_pair", "check_positive"]
+__all__ = ["as_points", "as_point_pair", "as_weights", "as_cost_matrix", "cost_matrix_weights",
+           "check_pair", "check_positive"]
 
 
 def as_points(x: object, name: str) -> tuple[Tensor, bool]:
@@ -41,23 +42,30 @@ def as_weights(a: object | None, x: Tensor, name: str, xname: str) -> Tensor:
     Returns ``(B, N)`` weights. Masses need not sum to one but must be positive in total.
     """
     B, N = x.shape[0], x.shape[1]
+    desc = f"{xname} of shape {tuple(x.shape) if B > 1 else tuple(x.shape[1:])}"
+    return _weights(a, B, N, x.dtype, x.device, name, xname, desc)
+
+
+def _weights(a: object | None, B: int, N: int, dtype: torch.dtype, device: torch.device, name: str,
+             ref: str, desc: str) -> Tensor:
+    """Weights ``(N,)`` / ``(B, N)`` of ``dtype`` on ``device`` -> ``(B, N)`` (``ref``/``desc``
+    name what they must match in the messages)."""
     if a is None:
-        return torch.full((B, N), 1.0 / N, dtype=x.dtype, device=x.device)
+        return torch.full((B, N), 1.0 / N, dtype=dtype, device=device)
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N,) or (B, N), got {type(a)!r}.")
-    if a.dtype != x.dtype:
+    if a.dtype != dtype:
         raise TypeError(
-            f"{name} has dtype {a.dtype} but {xname} has dtype {x.dtype}; use one dtype for all inputs."
+            f"{name} has dtype {a.dtype} but {ref} has dtype {dtype}; use one dtype for all inputs."
         )
-    if a.device != x.device:
+    if a.device != device:
         raise ValueError(
-            f"{name} is on {a.device} but {xname} is on {x.device}; move them to the same device."
+            f"{name} is on {a.device} but {ref} is on {device}; move them to the same device."
         )
     ab = a if a.dim() == 2 else a.unsqueeze(0) if a.dim() == 1 else None
     if ab is None or ab.shape[1] != N or ab.shape[0] != B:
         raise ValueError(
-            f"{name} must have shape ({N},) or ({B}, {N}) to match {xname} of shape "
-            f"{tuple(x.shape) if B > 1 else tuple(x.shape[1:])}, got {tuple(a.shape)}."
+            f"{name} must have shape ({N},) or ({B}, {N}) to match {desc}, got {tuple(a.shape)}."
         )
     if not bool(torch.isfinite(ab).all()):
         raise ValueError(f"{name} contains NaN or inf weights; weights must be finite and >= 0.")
@@ -70,6 +78,32 @@ def as_weights(a: object | None, x: Tensor, name: str, xname: str) -> Tensor:
             f"{name} has zero total mass in at least one batch entry; each measure needs positive mass."
         )
     return ab
+
+
+def as_cost_matrix(C: object) -> tuple[Tensor, bool]:
+    """Validate a cost matrix ``(N, M)`` or ``(B, N, M)``: floating point, no NaN, no ``-inf``
+    (``+inf`` forbids a pair). Returns ``(B, N, M)`` and whether it was batched."""
+    if not isinstance(C, torch.Tensor):
+        raise TypeError(f"C must be a torch.Tensor of shape (N, M) or (B, N, M), got {type(C)!r}.")
+    if not C.is_floating_point():
+        raise TypeError(f"C must be a floating-point tensor (float32 or float64), got dtype {C.dtype}.")
+    if C.dim() not in (2, 3):
+        raise ValueError(f"C must have shape (N, M) or (B, N, M), got {tuple(C.shape)}.")
+    batched = C.dim() == 3
+    Cb = C if batched else C.unsqueeze(0)
+    if Cb.numel() == 0:
+        raise ValueError(f"C is empty (shape {tuple(C.shape)}): both measures need at least one point.")
+    if bool(torch.isnan(Cb).any()) or bool((Cb == -math.inf).any()):
+        raise ValueError("C contains NaN or -inf entries; costs must be finite or +inf (a forbidden pair).")
+    return Cb, batched
+
+
+def cost_matrix_weights(a: object | None, b: object | None, C: Tensor) -> tuple[Tensor, Tensor]:
+    """Source and target weights for ``C: (B, N, M)`` -> ``(B, N)``, ``(B, M)``."""
+    B, N, M = C.shape
+    desc = f"C of shape {tuple(C.shape) if B > 1 else tuple(C.shape[1:])}"
+    return (_weights(a, B, N, C.dtype, C.device, "a", "C", desc + " (rows)"),
+            _weights(b, B, M, C.dtype, C.device, "b", "C", desc + " (columns)"))
 
 
 def as_point_pair(x: object, y: object) -> tuple[Tensor, Tensor, bool]:

@@ -15,7 +15,7 @@ __all__ = ["UOTResult"]
 
 @dataclass(frozen=True)
 class UOTResult:
-    """Output of :func:`torchuot.sinkhorn`.
+    """Output of :func:`torchuot.sinkhorn` (and :func:`torchuot.sinkhorn_from_cost`).
 
     Shapes are batched ``(B, ...)`` when the inputs were, unbatched otherwise.
 
@@ -146,6 +146,11 @@ class UOTResult:
         ops = self._ops
         f, g = self._fg()
         pts = ops.y if axis == 1 else ops.x
+        if pts is None:
+            raise ValueError(
+                "barycentric_projection needs the points, but this problem was given by its cost "
+                "matrix (sinkhorn_from_cost); use apply(y, axis=1) / marginal(1) with your points."
+            )
         with torch.no_grad():
             num = ops.apply(self.eps, f, g, pts.detach(), axis)
         den = self._marginals()[0 if axis == 1 else 1]

@@ -32,14 +32,15 @@ import numpy as np
 import torch
 
 from ._typing import Tensor
-from ._validation import as_point_pair, as_weights, check_positive
-from .backends import resolve_backend
-from .costs import Cost, CostLike, make_cost
+from ._validation import as_cost_matrix, as_point_pair, as_weights, check_positive, cost_matrix_weights
+from .backends import TensorizedBackend, resolve_backend
+from .costs import Cost, CostLike, SquaredEuclidean, make_cost
 from .penalties import Penalty, PenaltyLike, make_penalty
 from .result import UOTResult
 
 __all__ = [
     "sinkhorn",
+    "sinkhorn_from_cost",
     "sinkhorn_loop",
     "epsilon_schedule",
     "resolve_eps",
@@ -389,6 +390,82 @@ def sinkhorn(
     )
     ops = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
+    f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
+                                      symmetric=False, momentum=momentum)
+    value = dual_value(ops, pen_a, pen_b, eps_f, f, g)
+    return UOTResult(
+        f=f if batched else f[0],
+        g=g if batched else g[0],
+        value=value if batched else value[0],
+        eps=eps_f,
+        penalty_a=pen_a,
+        penalty_b=pen_b,
+        n_iters=n_iters,
+        converged=converged,
+        backend=ops.name,
+        batched=batched,
+        _ops=ops,
+    )
+
+
+def sinkhorn_from_cost(
+    C: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    *,
+    eps: float,
+    rho: object = None,
+    reg_m: object = None,
+    tau_a: float | None = None,
+    tau_b: float | None = None,
+    penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
+    scaling: float = 0.5,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    grad: str = "envelope",
+    momentum: bool = True,
+) -> UOTResult:
+    """Entropic unbalanced OT from a cost matrix, POT style (``ot.sinkhorn_unbalanced(a, b, M,
+    reg, reg_m)``): the same loop and result as :func:`sinkhorn`, on the dense backend.
+
+    Args:
+        C: ``(N, M)`` or ``(B, N, M)`` cost matrix; ``+inf`` entries forbid a pair (the plan is
+            0 there). Differentiable: the value's gradient w.r.t. ``C`` is the plan.
+        a: ``(N,)`` / ``(B, N)`` non-negative source weights (default uniform ``1/N``).
+        b: ``(M,)`` / ``(B, M)`` target weights (default uniform ``1/M``).
+        eps: entropic regularisation (POT's ``reg``), in the units of ``C``.
+        rho, reg_m, tau_a, tau_b: marginal penalty strength in one convention (default:
+            balanced); a pair gives one value per side.
+        penalty, max_iter, tol, grad, momentum: as in :func:`sinkhorn`.
+        scaling: eps-scaling ratio: eps shrinks by ``scaling**2`` a stage, from the largest
+            finite ``|C|`` down to ``eps``.
+
+    Returns:
+        A :class:`~torchuot.result.UOTResult` (``barycentric_projection`` needs points and is
+        not available; ``plan``, marginals, ``apply`` and ``sample_pairs`` are).
+    """
+    Cb, batched = as_cost_matrix(C)
+    ab, bb = cost_matrix_weights(a, b, Cb)
+    cost_obj = SquaredEuclidean()  # only its exponent 2 is used (the scaling convention)
+    eps_f = check_positive(eps, "eps")
+    pen_a, pen_b = resolve_penalties(cost_obj, eps_f, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b,
+                                     penalty=penalty)
+    _check_solver_args(max_iter, tol, grad)
+    if pen_a.is_balanced and pen_b.is_balanced:
+        _check_balanced_masses(ab, bb)
+    finite = torch.isfinite(Cb)
+    for pen, w, reach_any, side, what in ((pen_a, ab, finite.any(2), "source", "row"),
+                                          (pen_b, bb, finite.any(1), "target", "column")):
+        if pen.is_balanced and bool(((w > 0) & ~reach_any).any()):
+            raise ValueError(
+                f"C has a {what} of +inf costs whose {side} weight is positive, but the {side} side "
+                "is balanced: that mass cannot be transported. Give it a finite cost somewhere, a "
+                "zero weight, or an unbalanced penalty (rho / reg_m / tau) on that side."
+            )
+    ops = TensorizedBackend(None, None, ab, bb, cost_obj, C=Cb)
+    fin = Cb.detach()[finite]
+    start = float(fin.abs().max()) if fin.numel() else eps_f
+    eps_list = epsilon_schedule(max(start, eps_f), eps_f, scaling, 2.0)
     f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
                                       symmetric=False, momentum=momentum)
     value = dual_value(ops, pen_a, pen_b, eps_f, f, g)

@@ -88,19 +88,22 @@ class TensorizedBackend:
         a: ``(B, N)`` source weights. b: ``(B, M)`` target weights.
         cost: the ground cost.
         C: optional ``(B, N, M)`` matrix ``cost(x, y)`` already computed by the caller (the
-            minibatch couplings build it to normalise it); not evaluated a second time.
+            minibatch couplings build it to normalise it); not evaluated a second time. With
+            ``C`` given, ``x`` and ``y`` may be ``None`` (a problem stated by its cost matrix).
     """
 
     name = "tensorized"
 
     def __init__(
-        self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost, C: Tensor | None = None
+        self, x: Tensor | None, y: Tensor | None, a: Tensor, b: Tensor, cost: Cost, C: Tensor | None = None
     ) -> None:
         self.x, self.y, self.a, self.b, self.cost = x, y, a, b, cost
         self.log_a = safe_log(a)
         self.log_b = safe_log(b)
         # The cost is built once; the loop uses a detached view, the final differentiable
         # step reuses the graph (no second N x M evaluation).
+        if C is None and (x is None or y is None):
+            raise ValueError("TensorizedBackend needs the points x, y or the cost matrix C.")
         self.C_graph = cost(x, y) if C is None else C
         self.C = self.C_graph.detach()
         self._bound = _ABSORB_BOUND.get(self.C.dtype, 20.0)
