@@ -65,7 +65,8 @@ def sinkhorn_divergence(
     ops_yy = resolve_backend(backend, yb, yb, bb, bb, cost_obj)
     # One schedule for the three problems, from the joint diameter (as GeomLoss).
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops_xy)
-    common = dict(max_iter=max_iter, tol=tol, grad=grad)
+    # A value only: its implicit gradient is the envelope one (no linear solve needed).
+    common = dict(max_iter=max_iter, tol=tol, grad="envelope" if grad == "implicit" else grad)
     f, g, *_ = _solve(ops_xy, pen_a, pen_b, eps_list, symmetric=False, momentum=momentum, **common)
     f_aa, _, *_ = _solve(ops_xx, pen_a, pen_a, eps_list, symmetric=True, **common)
     g_bb, _, *_ = _solve(ops_yy, pen_b, pen_b, eps_list, symmetric=True, **common)

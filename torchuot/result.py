@@ -20,8 +20,8 @@ class UOTResult:
     Shapes are batched ``(B, ...)`` when the inputs were, unbatched otherwise.
 
     Attributes:
-        f: ``(B, N)`` source potential (detached).
-        g: ``(B, M)`` target potential (detached).
+        f: ``(B, N)`` source potential (detached, except under ``grad="implicit"`` / ``"unroll"``).
+        g: ``(B, M)`` target potential (same).
         value: ``(B,)`` entropic UOT value ``OT_eps``, differentiable (envelope theorem by
             default). It is the dual objective at the returned potentials, which equals the
             primal ``<pi, C> + eps KL(pi | a x b) + D_a(pi 1 | a) + D_b(pi^T 1 | b)`` at
@@ -69,7 +69,9 @@ class UOTResult:
     def plan(self) -> Tensor:
         """Dense transport plan ``pi: (B, N, M)``, ``pi_ij = a_i b_j exp((f_i + g_j - C_ij)/eps)``.
 
-        Differentiable through ``C``, ``a``, ``b`` with the potentials held fixed.
+        Differentiable through ``C``, ``a``, ``b``; the potentials' own dependence on the inputs
+        is included only when solved with ``grad="implicit"`` (or ``"unroll"``): under the
+        default ``"envelope"`` they are held fixed, which is exact for the value, not the plan.
 
         Raises:
             ValueError: on the online / chunked backends when ``B * N * M`` exceeds
