@@ -115,3 +115,58 @@ def test_bad_inputs():
         odeint(linear_field, x, steps=0)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         sample_time(0)
+
+
+# ---------------------------------------------------------------- ConditionalFlowMatcher
+def test_flow_matcher_keeps_given_pairs_and_matches_the_interpolant():
+    from torchuot.flow import ConditionalFlowMatcher
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+    cfm = ConditionalFlowMatcher(sigma=0.1)
+    t, xt, ut, z, i, j = cfm.sample_location_and_conditional_flow(
+        x0, x1, generator=g, return_noise=True, return_pairs=True)
+    tt = t[:, None]
+    assert torch.allclose(xt, (1 - tt) * x0 + tt * x1 + 0.1 * z)
+    assert torch.equal(ut, x1 - x0)
+    assert torch.equal(i, torch.arange(16)) and torch.equal(j, torch.arange(16))
+
+
+@pytest.mark.parametrize("coupling", ["ot", "uot", "exact"])
+def test_flow_matcher_couplings_recover_a_permutation(coupling):
+    from torchuot.flow import ConditionalFlowMatcher
+
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(12, 5, generator=g) * 5  # well separated points
+    perm = torch.randperm(12, generator=g)
+    x1 = x0[perm] + 0.01
+    cfm = ConditionalFlowMatcher(coupling=coupling)
+    t, xt, ut, i, j = cfm.sample_location_and_conditional_flow(x0, x1, generator=g, return_pairs=True)
+    # x1[j] is x0[i] moved by 0.01: every drawn pair is the matching one.
+    assert torch.equal(perm[j], i)
+    assert torch.allclose(ut, x1[j] - x0[i])
+    assert torch.allclose(xt, (1 - t[:, None]) * x0[i] + t[:, None] * x1[j])
+
+
+def test_flow_matcher_loss_and_settings():
+    from torchuot.couplings import PlanSampler
+    from torchuot.flow import ConditionalFlowMatcher
+
+    g = torch.Generator().manual_seed(2)
+    x0, x1 = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+    v = lambda t, x: x * t[:, None]  # noqa: E731
+    cfm = ConditionalFlowMatcher(sigma=0.05, coupling="uot", tau_a=0.8)
+    assert "tau_a=0.8" in repr(cfm)
+    loss = cfm.loss(v, x0, x1, generator=torch.Generator().manual_seed(3))
+    t, xt, ut = cfm.sample_location_and_conditional_flow(x0, x1, generator=torch.Generator().manual_seed(3))
+    assert float(loss) == pytest.approx(float((v(t, xt) - ut).pow(2).mean()), rel=1e-6)
+    with pytest.raises(ValueError, match="sigma"):
+        ConditionalFlowMatcher(sigma=-1.0)
+    with pytest.raises(ValueError, match="keeps the given pairs"):
+        ConditionalFlowMatcher(eps=0.1)
+    with pytest.raises(ValueError, match="PlanSampler"):
+        ConditionalFlowMatcher(coupling=PlanSampler("ot"), eps=0.1)
+    with pytest.raises(ValueError, match="method must be one of"):
+        ConditionalFlowMatcher(coupling="sinkhorn")
+    with pytest.raises(ValueError, match=r"t must have shape \(8,\)"):
+        ConditionalFlowMatcher().sample_location_and_conditional_flow(x0, x1, t=torch.rand(3))

@@ -17,8 +17,10 @@ from collections.abc import Callable
 import torch
 
 from ._typing import Tensor
+from .couplings import PlanSampler
 
 __all__ = [
+    "ConditionalFlowMatcher",
     "sample_time",
     "interpolate",
     "target_velocity",
@@ -117,12 +119,17 @@ def cfm_loss(
     if t is None:
         t = sample_time(x0.shape[0], device=x0.device, dtype=x0.dtype, generator=generator)
     xt = interpolate(x0, x1, t, sigma, generator)
+    return _regression_loss(v, t, xt, target_velocity(x0, x1))
+
+
+def _regression_loss(v: VelocityField, t: Tensor, xt: Tensor, ut: Tensor) -> Tensor:
+    """``mean |v(t, x_t) - u_t|^2`` with a clear error when ``v`` returns the wrong shape."""
     pred = v(t, xt)
     if pred.shape != xt.shape:
         raise ValueError(
             f"the velocity field returned shape {tuple(pred.shape)}, expected {tuple(xt.shape)}."
         )
-    return (pred - target_velocity(x0, x1)).pow(2).mean()
+    return (pred - ut).pow(2).mean()
 
 
 def odeint(
@@ -183,3 +190,94 @@ def odeint(
         if out is not None:
             out.append(x)
     return torch.stack(out) if out is not None else x
+
+
+class ConditionalFlowMatcher:
+    """Minibatch (UOT-)conditional flow matching in one object, TorchCFM style.
+
+    ``ConditionalFlowMatcher(sigma)`` keeps the pairs it is given (TorchCFM's
+    ``ConditionalFlowMatcher``, I-CFM); ``coupling="ot"`` re-pairs each minibatch by the entropic
+    OT plan (``ExactOptimalTransportConditionalFlowMatcher`` with a Sinkhorn plan; ``"exact"``
+    uses POT's exact one), ``coupling="uot"`` by the unbalanced plan (UOT-FM, Eyring et al. 2024).
+    A :class:`~torchuot.couplings.PlanSampler` may be passed instead of a name; keyword
+    arguments go to the ``PlanSampler`` (``eps``, ``tau_a``, ``tau_b``, ``reach``, ...).
+
+    Args:
+        sigma: standard deviation of the noise around the straight path (constant in ``t``).
+        coupling: ``None`` (pairs as given), ``"independent"``, ``"ot"``, ``"uot"``, ``"exact"``
+            or a ``PlanSampler``.
+    """
+
+    def __init__(self, sigma: float = 0.0, coupling: str | PlanSampler | None = None,
+                 **coupling_kwargs: object) -> None:
+        if not isinstance(sigma, (int, float)) or not sigma >= 0:
+            raise ValueError(f"sigma must be a non-negative number, got {sigma!r}.")
+        if isinstance(coupling, PlanSampler):
+            if coupling_kwargs:
+                raise ValueError("pass the coupling's settings to its PlanSampler, not here as well.")
+            self.sampler: PlanSampler | None = coupling
+        elif coupling is None:
+            if coupling_kwargs:
+                raise ValueError(
+                    f"coupling=None keeps the given pairs; unexpected settings {sorted(coupling_kwargs)}."
+                )
+            self.sampler = None
+        else:
+            self.sampler = PlanSampler(coupling, **coupling_kwargs)  # type: ignore[arg-type]
+        self.sigma = float(sigma)
+
+    def __repr__(self) -> str:
+        return f"ConditionalFlowMatcher(sigma={self.sigma:g}, coupling={self.sampler!r})"
+
+    def sample_location_and_conditional_flow(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        t: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        return_noise: bool = False,
+        return_pairs: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """Pair the batches (if a coupling is set), draw ``t`` and ``x_t``, and the target velocity.
+
+        Args:
+            x0: ``(n, ...)`` source batch. x1: ``(n, ...)`` target batch (``(m, ...)`` with a
+                coupling: ``n`` pairs are drawn from the plan).
+            t: ``(n,)`` times (uniform on ``[0, 1)`` when ``None``).
+            generator: for the pairs, ``t`` and the noise.
+            return_noise: also return the noise ``z`` (``x_t = mu_t + sigma z``).
+            return_pairs: also return the source and target indices ``(i, j)`` of the pairs (to
+                carry labels or weights along), ``arange(n)`` twice without a coupling.
+
+        Returns:
+            ``(t, x_t, u_t)``, then ``z`` and then ``i, j`` when asked for.
+        """
+        if self.sampler is None:
+            _check_pair(x0, x1)
+            i = j = torch.arange(x0.shape[0], device=x0.device)
+            y0, y1 = x0, x1
+        else:
+            s = self.sampler.sample(x0, x1, generator=generator)
+            i, j = s.i, s.j
+            y0, y1 = x0[i], x1[j]
+        n = y0.shape[0]
+        if t is None:
+            t = sample_time(n, device=y0.device, dtype=y0.dtype, generator=generator)
+        elif t.dim() != 1 or t.shape[0] != n:
+            raise ValueError(f"t must have shape ({n},), got {tuple(t.shape)}.")
+        tt = _expand(t, y0)
+        z = torch.randn(y0.shape, device=y0.device, dtype=y0.dtype, generator=generator)
+        xt = (1 - tt) * y0 + tt * y1 + self.sigma * z
+        out: tuple[Tensor, ...] = (t, xt, y1 - y0)
+        if return_noise:
+            out += (z,)
+        if return_pairs:
+            out += (i, j)
+        return out
+
+    def loss(self, v: VelocityField, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None
+             ) -> Tensor:
+        """Flow-matching loss ``mean |v(t, x_t) - u_t|^2`` on one minibatch -> scalar."""
+        t, xt, ut = self.sample_location_and_conditional_flow(x0, x1, generator=generator)
+        return _regression_loss(v, t, xt, ut)
