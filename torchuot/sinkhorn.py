@@ -395,16 +395,22 @@ def sinkhorn(
     )
     ops = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
+    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched)
+
+
+def _solve_result(ops, pen_a: Penalty, pen_b: Penalty, eps: float, eps_list: list[float], max_iter: int,
+                  tol: float, grad: str, momentum: bool, batched: bool) -> UOTResult:
+    """Run the loop on a built backend and package the :class:`UOTResult` (one cross problem)."""
     f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
                                       symmetric=False, momentum=momentum)
     # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
     fv, gv = (f.detach(), g.detach()) if grad == "implicit" else (f, g)
-    value = dual_value(ops, pen_a, pen_b, eps_f, fv, gv)
+    value = dual_value(ops, pen_a, pen_b, eps, fv, gv)
     return UOTResult(
         f=f if batched else f[0],
         g=g if batched else g[0],
         value=value if batched else value[0],
-        eps=eps_f,
+        eps=eps,
         penalty_a=pen_a,
         penalty_b=pen_b,
         n_iters=n_iters,
@@ -473,24 +479,7 @@ def sinkhorn_from_cost(
     fin = Cb.detach()[finite]
     start = float(fin.abs().max()) if fin.numel() else eps_f
     eps_list = epsilon_schedule(max(start, eps_f), eps_f, scaling, 2.0)
-    f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
-                                      symmetric=False, momentum=momentum)
-    # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
-    fv, gv = (f.detach(), g.detach()) if grad == "implicit" else (f, g)
-    value = dual_value(ops, pen_a, pen_b, eps_f, fv, gv)
-    return UOTResult(
-        f=f if batched else f[0],
-        g=g if batched else g[0],
-        value=value if batched else value[0],
-        eps=eps_f,
-        penalty_a=pen_a,
-        penalty_b=pen_b,
-        n_iters=n_iters,
-        converged=converged,
-        backend=ops.name,
-        batched=batched,
-        _ops=ops,
-    )
+    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched)
 
 
 def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a, tau_b, penalty,
