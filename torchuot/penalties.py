@@ -24,6 +24,12 @@ from ._typing import Tensor
 
 __all__ = ["Penalty", "KL", "TV", "Balanced", "ReverseKL", "make_penalty", "PenaltyLike"]
 
+def moment_dtype(t: Tensor) -> torch.dtype:
+    """Dtype of the translation moments: float64 (their rounding, times ``rho``, is the shift's
+    error: in float32 it kept weakly unbalanced problems from converging), float32 on MPS."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
 # KL potentials are capped at KL_CAP * rho: exp(-KL_CAP) is below float64 resolution, and the
 # cap keeps a point with no finite-cost partner (HK truncation) at a finite potential.
 KL_CAP = 60.0
@@ -92,7 +98,7 @@ class Balanced(Penalty):
         return torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
 
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
-        return a.sum(-1).log(), 0.0
+        return a.to(moment_dtype(a)).sum(-1).log(), 0.0
 
     def __repr__(self) -> str:
         return "Balanced()"
@@ -129,9 +135,11 @@ class KL(Penalty):
     def shift_moment_fn(self, a: Tensor) -> Callable[[Tensor], Tensor]:
         # sum_i a_i exp(-(f_i + lam)/rho) = exp(L - lam/rho), L = logsumexp_i(log a_i - f_i/rho).
         r = -1.0 / self.rho
+        dt = moment_dtype(a)
+        a = a.to(dt)
         if bool((a > 0).all()):  # the common case: log(a) once, one fused logsumexp per call
             log_a = a.log()
-            return lambda f: torch.logsumexp(torch.add(log_a, f, alpha=r), dim=-1)
+            return lambda f: torch.logsumexp(torch.add(log_a, f.to(dt), alpha=r), dim=-1)
         # Zero weights: a weighted sum shifted by the largest -f_i/rho over a_i > 0, not a
         # logsumexp of log(0) = -inf (exp(-inf) is a slow path of the CPU kernels); exponents
         # are floored where a term is far below float resolution anyway.
@@ -139,7 +147,7 @@ class KL(Penalty):
         floor = -80.0 if a.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
 
         def moment(f: Tensor) -> Tensor:
-            z = torch.mul(f, r)
+            z = torch.mul(f.to(dt), r)
             m = torch.add(z, off).amax(-1, keepdim=True)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
             s = (a * torch.exp(torch.clamp_min(z - m, floor))).sum(-1)
