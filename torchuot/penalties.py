@@ -40,6 +40,10 @@ class Penalty:
 
     name: str = "penalty"
     rho: float = math.inf
+    #: Half-width of the box ``|f| <= box`` on which the dual term is linear (``-phi*(-f) = f``):
+    #: ``inf`` for balanced, ``rho`` for TV, ``None`` otherwise. Two such sides have a closed-form
+    #: translation step (the dual is linear along ``(f + lam, g - lam)`` up to the box).
+    shift_box: float | None = None
 
     @property
     def is_balanced(self) -> bool:
@@ -83,6 +87,7 @@ class Balanced(Penalty):
 
     name = "balanced"
     rho = math.inf
+    shift_box = math.inf
 
     @property
     def is_balanced(self) -> bool:
@@ -166,6 +171,7 @@ class TV(Penalty):
 
     def __init__(self, rho: float) -> None:
         self.rho = _check_rho(rho, "TV")
+        self.shift_box = self.rho
 
     def aprox(self, s: Tensor, eps: float) -> Tensor:
         return s.clamp(min=-self.rho, max=self.rho)
