@@ -58,6 +58,19 @@ class Penalty:
     def primal(self, m: Tensor, a: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: Interval ``(lo, hi)`` of potentials where the dual term ``-phi*(-f)`` is finite, and
+    #: whether its ends are open (excluded).
+    dual_domain: tuple[float, float] = (-math.inf, math.inf)
+    dual_domain_open: bool = False
+
+    def dual_derivatives(self, f: Tensor) -> tuple[Tensor, Tensor] | None:
+        """First and second derivatives of the dual term ``-phi*(-f)``, elementwise, or ``None``.
+
+        Used by the loop's translation step where no closed form exists (a line search along
+        ``(f + lam, g - lam)``, on which the entropic term is constant).
+        """
+        return None
+
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float] | None:
         """``(L, r)`` with ``sum_i a_i dual'(f_i + lam) = exp(L - r lam)`` for every shift ``lam``,
         or ``None`` when the dual term has no such form (then the loop does not shift).
@@ -105,6 +118,9 @@ class Balanced(Penalty):
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
         return a.to(moment_dtype(a)).sum(-1).log(), 0.0
 
+    def dual_derivatives(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(f), torch.zeros_like(f)
+
     def __repr__(self) -> str:
         return "Balanced()"
 
@@ -136,6 +152,10 @@ class KL(Penalty):
 
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float]:
         return self.shift_moment_fn(a)(f), 1.0 / self.rho
+
+    def dual_derivatives(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        e = torch.exp(-f / self.rho)
+        return e, e / -self.rho
 
     def shift_moment_fn(self, a: Tensor) -> Callable[[Tensor], Tensor]:
         # sum_i a_i exp(-(f_i + lam)/rho) = exp(L - lam/rho), L = logsumexp_i(log a_i - f_i/rho).
@@ -172,6 +192,10 @@ class TV(Penalty):
     def __init__(self, rho: float) -> None:
         self.rho = _check_rho(rho, "TV")
         self.shift_box = self.rho
+        self.dual_domain = (-self.rho, self.rho)
+
+    def dual_derivatives(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(f), torch.zeros_like(f)
 
     def aprox(self, s: Tensor, eps: float) -> Tensor:
         return s.clamp(min=-self.rho, max=self.rho)
@@ -251,8 +275,15 @@ class ReverseKL(Penalty):
 
     name = "reverse_kl"
 
+    dual_domain_open = True
+
     def __init__(self, rho: float) -> None:
         self.rho = _check_rho(rho, "ReverseKL")
+        self.dual_domain = (-self.rho, math.inf)
+
+    def dual_derivatives(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        t = 1.0 / (1.0 + f / self.rho)  # d/df rho log(1 + f/rho)
+        return t, t * t / -self.rho
 
     def aprox(self, s: Tensor, eps: float) -> Tensor:
         rho = self.rho

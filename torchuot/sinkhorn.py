@@ -300,8 +300,11 @@ def _translation(
     if box_a is not None and box_b is not None:  # linear dual terms (TV, balanced)
         return None if math.isinf(box_a) and math.isinf(box_b) else _box_translation(box_a, box_b, a, b)
     ma, mb = penalty_a.shift_moment(f, a), penalty_b.shift_moment(g, b)
-    if ma is None or mb is None or ma[1] + mb[1] == 0:
-        return None  # balanced on both sides (or no closed form): nothing to translate
+    if ma is None or mb is None:  # no closed form: a short line search, where derivatives exist
+        ok = penalty_a.dual_derivatives(f) is not None and penalty_b.dual_derivatives(g) is not None
+        return _newton_translation(penalty_a, penalty_b, a, b) if ok else None
+    if ma[1] + mb[1] == 0:
+        return None  # balanced on both sides: nothing to translate
     # The moments come in moment_dtype (float64): at the fixed point lam is 0 up to their rounding
     # times 1/(r_a + r_b) ~ rho, a shift that the damped Sinkhorn step undoes at rate eps/rho only.
     inv_r = torch.tensor(1.0 / (ma[1] + mb[1]), dtype=ma[0].dtype, device=f.device)  # 0-d: cheaper
@@ -331,6 +334,47 @@ def _box_translation(box_a: float, box_b: float, a: Tensor, b: Tensor
         up = torch.minimum(box_a - f.amax(-1, keepdim=True), box_b + g.amin(-1, keepdim=True))
         down = torch.maximum(-box_a - f.amin(-1, keepdim=True), g.amax(-1, keepdim=True) - box_b)
         lam = torch.where(up_sign > 0, up, torch.where(up_sign < 0, down, torch.zeros_like(up)))
+        return f + lam, g - lam
+
+    return translate
+
+
+#: Safeguarded Newton iterations of the translation line search (per Sinkhorn iteration).
+_SHIFT_NEWTON = 4
+
+
+def _newton_translation(penalty_a: Penalty, penalty_b: Penalty, a: Tensor, b: Tensor
+                        ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Translation step by a line search, for penalties without a closed form (reverse KL, KL
+    against TV, ...): maximise the concave ``D(lam) = <a, psi_a(f + lam)> + <b, psi_b(g - lam)>``
+    (``psi = -phi*(-.)``; the entropic term is constant along the line) by a few safeguarded
+    Newton steps in a bracket: the potentials' domains (TV box, reverse KL's ``f > -rho``, open
+    ends approached at most half-way) and a trust region of the smallest finite ``rho``.
+    Non-finite quantities (infinite potentials) give ``lam = 0``: a plain Sinkhorn step.
+    """
+    rhos = [p.rho for p in (penalty_a, penalty_b) if math.isfinite(p.rho)]
+    trust = min(rhos) if rhos else 1.0
+    (lo_a, hi_a), (lo_b, hi_b) = penalty_a.dual_domain, penalty_b.dual_domain
+    half_a = 0.5 if penalty_a.dual_domain_open else 1.0
+    half_b = 0.5 if penalty_b.dual_domain_open else 1.0
+
+    def translate(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        # Bracket: lo_a < f + lam < hi_a and lo_b < g - lam < hi_b for every point, and |lam| <= trust.
+        upper = torch.minimum((hi_a - f.amax(-1)) * half_a, (g.amin(-1) - lo_b) * half_b).clamp(max=trust)
+        lower = torch.maximum((lo_a - f.amin(-1)) * half_a, (g.amax(-1) - hi_b) * half_b).clamp(min=-trust)
+        lam = torch.zeros_like(upper)
+        for _ in range(_SHIFT_NEWTON):
+            l2 = lam.unsqueeze(-1)
+            d1a, d2a = penalty_a.dual_derivatives(f + l2)  # type: ignore[misc]
+            d1b, d2b = penalty_b.dual_derivatives(g - l2)  # type: ignore[misc]
+            D1 = (a * d1a).nansum(-1) - (b * d1b).nansum(-1)  # D'(lam), decreasing in lam
+            D2 = (a * d2a).nansum(-1) + (b * d2b).nansum(-1)  # D''(lam) <= 0
+            lower = torch.where(D1 > 0, lam, lower)
+            upper = torch.where(D1 < 0, lam, upper)
+            newton = lam - D1 / D2.clamp(max=-torch.finfo(D2.dtype).tiny)
+            inside = (newton > lower) & (newton < upper)
+            lam = torch.where(inside, newton, 0.5 * (lower + upper))
+        lam = torch.where(torch.isfinite(lam) & (lower <= upper), lam, torch.zeros_like(lam)).unsqueeze(-1)
         return f + lam, g - lam
 
     return translate
