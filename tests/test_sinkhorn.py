@@ -422,3 +422,17 @@ def test_line_search_translation_converges_at_large_rho(penalty):
     for pot, pen in ((res.f, res.penalty_a), (res.g, res.penalty_b)):
         lo, hi = pen.dual_domain
         assert bool((pot > lo).all()) and bool((pot <= hi * (1 + 1e-12)).all())
+
+
+@pytest.mark.parametrize("penalty", [tu.KL(0.7), tu.TV(0.7), tu.Balanced(), tu.ReverseKL(0.7)], ids=repr)
+def test_dual_derivatives_match_autograd(penalty):
+    """The line search's first and second derivatives of the dual term -phi*(-f), inside its domain."""
+    f = torch.linspace(-0.6, 0.6, 13, dtype=torch.float64, requires_grad=True)
+    d1, d2 = penalty.dual_derivatives(f.detach())
+    (g1,) = torch.autograd.grad(penalty.dual(f).sum(), f, create_graph=True)
+    # A linear dual term (TV, balanced) has a constant first derivative: no graph, second is 0.
+    g2 = torch.autograd.grad(g1.sum(), f)[0] if g1.requires_grad else torch.zeros_like(f)
+    assert torch.allclose(d1, g1.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(d2, g2, rtol=1e-12, atol=1e-14)
+    lo, hi = penalty.dual_domain
+    assert lo <= -0.6 and hi >= 0.6
