@@ -468,7 +468,7 @@ def sinkhorn(
             dual at the optimum: exact gradients of the value; the potentials, and the plan's
             dependence on them, are held fixed), ``"implicit"`` (the potentials are differentiable
             too, by the implicit function theorem: exact gradients of the plan, ``apply`` and
-            anything built on them, at the memory of one iteration; the backward pass solves a
+            anything built on them, at the memory of two iterations; the backward pass solves a
             linear system) or ``"unroll"`` (differentiate through every iteration).
         backend: ``"auto"`` or ``"tensorized"``.
         momentum: adaptive over-relaxation at the target ``eps`` (Lehmann et al. 2021), on
@@ -653,8 +653,9 @@ def _implicit_potentials(ops, pen_a: Penalty, pen_b: Penalty, eps: float, f: Ten
     pass solves the adjoint system ``(I - J^T) lam = v`` (BiCGSTAB on vector-Jacobian products of
     one differentiable step; Blondel et al. 2022, OTT's ``implicit_diff``) and sends ``lam`` through
     ``dT``. Values are the converged ones; only the gradients change (no unrolled iterations kept:
-    memory of one step). With both sides balanced, ``J`` has the eigenvalue 1 of the constant shift
-    ``g + c``; the incoming gradient is projected off that mode (the plan does not see it).
+    memory of two differentiable steps). With both sides balanced, ``J`` has the eigenvalue 1 of the
+    constant shift ``g + c``; the incoming gradient is projected off that mode (the plan does not
+    see it).
     """
     z_star = f if symmetric else g
 
