@@ -365,7 +365,7 @@ def test_float32_converges_like_float64(n, blur, reach):
     """Weakly unbalanced float32 problems used to hover just above the stopping threshold until
     max_iter: the translation step's shift, computed in float32, carried a rounding error of
     ~rho * 1e-7 that the damped iteration undid only at rate eps / rho. The moments are now
-    accumulated in float64, and a stall at the float32 rounding level ends the iterations."""
+    accumulated in float64."""
     g = torch.Generator().manual_seed(n)
     x, y = torch.rand(n, 2, generator=g), torch.rand(n + 100, 2, generator=g)
     r32 = tu.sinkhorn(x, y, blur=blur, reach=reach)

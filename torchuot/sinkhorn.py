@@ -227,7 +227,6 @@ def sinkhorn_loop(
     use_momentum = momentum and not symmetric
     converged = False
     omega, changes, rises = 1.0, [], 0
-    best, stalls = math.inf, 0  # smallest block change so far; blocks without progress near the floor
     pending: list[Tensor] = []  # this block's changes of g, on the device
     # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
     # then measured over the finite entries; a non-finite change later switches to that too.
@@ -255,27 +254,10 @@ def sinkhorn_loop(
         if not all(map(math.isfinite, block[:-2])):
             finite = False  # a potential left the finite range: measure as above from now on
             continue
-        floor = 16 * res * max(sup_f, sup_g, eps)  # rounding level of the potentials
-        thr = max(tol * eps, floor)
-        last = max(change_f, changes_g[-1])
-        if last <= thr:  # sup-norm change of the last iteration
+        thr = max(tol * eps, 16 * res * max(sup_f, sup_g, eps))
+        if max(change_f, changes_g[-1]) <= thr:  # sup-norm change of the last iteration
             converged = True
             break
-        # When tol asks for more than the dtype's rounding level (`floor` binds: float32 at the
-        # default tol), the change can hover just above `floor` for ever: a limit cycle of the
-        # rounded map, amplified up to 1/(2 - omega) by over-relaxation. After three blocks
-        # without a 10% improvement near the floor, first drop the over-relaxation; if plain
-        # iterations stall too, within 4x the floor, the potentials are as converged as the
-        # dtype allows.
-        if last < 0.9 * best:
-            best, stalls = last, 0
-        elif tol * eps < floor and last <= 1e3 * floor:
-            stalls += 1
-            if stalls >= 3 and omega > 1.0:
-                omega, use_momentum, best, stalls = 1.0, False, last, 0
-            elif stalls >= 3 and last <= 4 * floor:
-                converged = True
-                break
         for change in changes_g:
             if use_momentum:
                 omega, rises = _momentum(changes, change, omega, rises)
