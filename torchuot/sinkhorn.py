@@ -283,7 +283,8 @@ def _translation(
         return None if math.isinf(box_a) and math.isinf(box_b) else _box_translation(box_a, box_b, a, b)
     ma, mb = penalty_a.shift_moment(f, a), penalty_b.shift_moment(g, b)
     if ma is None or mb is None:  # no closed form: a short line search, where derivatives exist
-        ok = penalty_a.dual_derivatives(f) is not None and penalty_b.dual_derivatives(g) is not None
+        # (a penalty that overrides dual_derivatives supports the line search: no trial evaluation)
+        ok = all(type(p).dual_derivatives is not Penalty.dual_derivatives for p in (penalty_a, penalty_b))
         return _newton_translation(penalty_a, penalty_b, a, b) if ok else None
     if ma[1] + mb[1] == 0:
         return None  # balanced on both sides: nothing to translate
