@@ -23,7 +23,7 @@ venv install: $(VENV)/.installed
 # UOT flow matching, MNIST thin -> thick digits under class imbalance, CPU, <= 10 min (wall-clock
 # capped by trainer.max_time). Writes outputs/demo/report/{samples.png,metrics.json,model.ckpt}.
 demo: $(VENV)/.installed
-	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(PY) -m training fit --config training/configs/mnist_translation.yaml \
+	TORCHUOT_DATA_ROOT=$(DATA_ROOT) $(VENV)/bin/torchuot-train fit --config training/configs/mnist_translation.yaml \
 		--trainer.default_root_dir outputs/demo
 	@cat outputs/demo/report/metrics.json
 

@@ -18,7 +18,7 @@ pytest.importorskip("lightning")
 
 import lightning as L  # noqa: E402
 
-from training.cli import main  # noqa: E402
+from training.cli import build_cli  # noqa: E402
 from training.module import FlowMatchingModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _env(shared_data: Path) -> dict[str, str]:
 @pytest.mark.parametrize("config", ["toy2d", "mnist_translation", "pneumoniamnist_translation"])
 def test_fast_dev_run_of_each_config(config, shared_data: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCHUOT_DATA_ROOT", str(shared_data))
-    main(
+    build_cli(
         [
             "fit",
             "--config",
@@ -60,7 +60,7 @@ def test_fast_dev_run_of_each_config(config, shared_data: Path, tmp_path: Path, 
 def test_data_root_by_config_key(shared_data: Path, tmp_path: Path, monkeypatch):
     """The data root also comes from the config (here on the command line), not only the env."""
     monkeypatch.setenv("TORCHUOT_DATA_ROOT", str(tmp_path / "wrong"))
-    cli = main(
+    cli = build_cli(
         [
             "--config",
             str(CONFIGS / "mnist_translation.yaml"),
@@ -78,7 +78,7 @@ def test_data_root_by_config_key(shared_data: Path, tmp_path: Path, monkeypatch)
 def test_wrong_data_root_gives_a_clear_error(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCHUOT_DATA_ROOT", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="missing.*download"):
-        main(
+        build_cli(
             [
                 "fit",
                 "--config",
@@ -144,7 +144,7 @@ def test_checkpoint_kill_and_resume(shared_data: Path, tmp_path: Path):
     step = saved["global_step"]
     assert step >= 4 and step % 4 == 0  # whole epochs of 1024 / 256 = 4 steps
 
-    cli = main(
+    cli = build_cli(
         [
             "--config",
             str(CONFIGS / "toy2d.yaml"),

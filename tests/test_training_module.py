@@ -12,7 +12,7 @@ pytest.importorskip("lightning")
 
 from models import MLPVelocity  # noqa: E402
 from torchuot.couplings import PlanSampler  # noqa: E402
-from training.cli import main  # noqa: E402
+from training.cli import build_cli  # noqa: E402
 from training.module import FlowMatchingModule, split_batch  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -82,12 +82,12 @@ def test_validate_test_predict_subcommands(tmp_path: Path):
         "--data.init_args.n_test",
         "256",
     ]
-    main(["fit", *base, "--trainer.max_epochs", "1"])
+    build_cli(["fit", *base, "--trainer.max_epochs", "1"])
     ckpt = tmp_path / "report" / "model.ckpt"
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["global_step"] == 2
     for sub in ("validate", "test"):
-        cli = main([sub, *base, "--ckpt_path", str(ckpt)])
+        cli = build_cli([sub, *base, "--ckpt_path", str(ckpt)])
         assert f"{'val' if sub == 'validate' else 'test'}/transport_cost" in cli.trainer.callback_metrics
-    cli = main(["predict", *base, "--ckpt_path", str(ckpt)])
+    cli = build_cli(["predict", *base, "--ckpt_path", str(ckpt)])
     preds = cli.trainer.predict_loop.predictions
     assert preds and preds[0]["x1_hat"].shape == preds[0]["x0"].shape == (256, 2)

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from .module import FlowMatchingModule
 
-__all__ = ["main", "FlowCLI", "default_loggers"]
+__all__ = ["main", "build_cli", "FlowCLI", "default_loggers"]
 
 
 def default_loggers(root_dir: str | Path) -> list[Logger]:
@@ -49,8 +49,12 @@ class FlowCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """Run the CLI on ``args`` (``None``: ``sys.argv``); returns the ``LightningCLI`` object."""
+def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Build (and with ``run=True`` run) the CLI on ``args`` (``None``: ``sys.argv``).
+
+    Returns the ``LightningCLI`` object (its ``trainer``, ``model``, ``datamodule``), for tests
+    and notebooks. The console script uses :func:`main`, which returns nothing.
+    """
     return FlowCLI(
         FlowMatchingModule,
         L.LightningDataModule,
@@ -59,6 +63,15 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         run=run,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``torchuot-train`` and ``python -m training``: run the CLI, return ``None``.
+
+    The console-script wrapper passes the return value to ``sys.exit``, so it must be ``None``
+    (exit status 0); a failure raises and exits non-zero with the error message.
+    """
+    build_cli(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
