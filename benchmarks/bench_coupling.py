@@ -85,7 +85,7 @@ def _domains() -> tuple[torch.Tensor, torch.Tensor] | None:
     """Source: thin digits 0-4; target: dilated digits 5-9 (a translation-like pair), flattened."""
     root = os.environ.get("TORCHUOT_DATA_ROOT")
     try:
-        from torchuot.datasets import load_mnist
+        from training.datasets import load_mnist
 
         images, labels = load_mnist(root or "../shared/data", "test")
     except (FileNotFoundError, ImportError):

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from torchuot.costs import HKConeCost
-from torchuot.datasets import default_data_root, load_mnist
 from torchuot.images import images_to_measures, pairwise_distances
+from training.datasets import default_data_root, load_mnist
 
 
 def _peak_mb() -> float:

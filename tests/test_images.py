@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchuot
-from torchuot.datasets import load_mnist
+from training.datasets import load_mnist
 from torchuot.images import grid_coordinates, images_to_measures, merge_partial, pairwise_distances
 
 F64 = torch.float64

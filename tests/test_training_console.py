@@ -37,7 +37,8 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def _toy(tmp_path: Path) -> list[str]:
     return ["--config", str(CONFIGS / "toy2d.yaml"), "--trainer.default_root_dir", str(tmp_path / "run"),
             "--trainer.enable_progress_bar", "false", "--model.ode_steps", "2",
-            "--data.init_args.n_train", "256", "--data.init_args.n_val", "64", "--data.init_args.n_test", "64"]
+            "--data.init_args.n_train", "256", "--data.init_args.n_val", "64",
+            "--data.init_args.n_test", "64"]
 
 
 def test_successful_fit_exits_zero(tmp_path: Path):

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("lightning")
 
-from torchuot.datasets import DataNotFoundError  # noqa: E402
+from training.datasets import DataNotFoundError  # noqa: E402
 from training.data import (  # noqa: E402
     MedMNISTDataModule,
     MNISTDataModule,

@@ -1,21 +1,28 @@
-"""Lightning training of UOT flow matching: modules, data modules, callbacks and the CLI."""
+"""Lightning training of UOT flow matching: modules, data modules, callbacks and the CLI.
 
-from .callbacks import TranslationReport
-from .data import (
-    ImageDataModule,
-    MedMNISTDataModule,
-    MNISTDataModule,
-    Toy2DDataModule,
-    UnpairedDataModule,
-)
-from .module import FlowMatchingModule
+The names below are imported on first use, so that :mod:`training.datasets` (the MNIST /
+MedMNIST file readers, numpy only) can be imported without Lightning.
+"""
 
-__all__ = [
-    "FlowMatchingModule",
-    "ImageDataModule",
-    "MNISTDataModule",
-    "MedMNISTDataModule",
-    "UnpairedDataModule",
-    "Toy2DDataModule",
-    "TranslationReport",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FlowMatchingModule": "module",
+    "ImageDataModule": "data",
+    "MNISTDataModule": "data",
+    "MedMNISTDataModule": "data",
+    "UnpairedDataModule": "data",
+    "Toy2DDataModule": "data",
+    "TranslationReport": "callbacks",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

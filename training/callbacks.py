@@ -62,6 +62,13 @@ class TranslationReport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         train_time = time.perf_counter() - self._t0
+        if trainer.global_step == 0:
+            # No report for a fit that trained nothing (e.g. a loader that yielded no batch).
+            raise RuntimeError(
+                "the fit ended without a single training step (the training loader gave no batch, or "
+                "the step limits are 0); no report is written. Check the training split size against "
+                "the batch size and the trainer's max_steps / max_epochs / limit_train_batches."
+            )
         out_dir = self.out_dir or Path(trainer.default_root_dir) / "report"
         out_dir.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(out_dir / "model.ckpt")  # collective: every rank calls it

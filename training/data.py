@@ -4,7 +4,7 @@ Image modules yield ``(images, labels)`` with images ``(B, C, 28, 28)`` scaled t
 Unpaired modules (:class:`Toy2DDataModule`, :class:`UnpairedDataModule`) yield dicts
 ``{"x0": (B, ...), "y0": (B,), "x1": (B, ...), "y1": (B,)}``: a source batch and an
 independent target batch with their class labels (labels are for evaluation only; training
-never sees them). Files are read with :mod:`torchuot.datasets`; the data root is an argument,
+never sees them). Files are read with :mod:`training.datasets`; the data root is an argument,
 or ``$TORCHUOT_DATA_ROOT`` when it is ``None``.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from torchuot.datasets import DataNotFoundError, default_data_root, load_medmnist, load_mnist
+from .datasets import DataNotFoundError, default_data_root, load_medmnist, load_mnist
 
 __all__ = [
     "ImageDataModule",
@@ -30,6 +30,7 @@ __all__ = [
     "Toy2DDataModule",
     "UnpairedDataset",
     "domain_transform",
+    "check_one_batch",
     "DOMAIN_TRANSFORMS",
 ]
 
@@ -62,6 +63,17 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def _resolve_root(root: str | Path | None) -> Path:
     return Path(root) if root is not None else default_data_root()
+
+
+def check_one_batch(n_train: int, batch_size: int, what: str) -> None:
+    """Refuse a training split that cannot fill one batch (training loaders drop the last,
+    partial batch, so such a run would train nothing and still look finished)."""
+    if n_train < batch_size:
+        raise ValueError(
+            f"the training split of {what} has {n_train} samples, fewer than one batch "
+            f"(batch_size={batch_size}): training would run no step. Lower batch_size, or use more "
+            "data (max_per_domain, class subsets and proportions limit the split)."
+        )
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -116,6 +128,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.datasets = {s: TensorDataset(self.tensors(s)[0] * 2 - 1, self.tensors(s)[1]) for s in SPLITS}
+        if stage == "fit":
+            check_one_batch(len(self.datasets["train"]), self.batch_size, type(self).__name__)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -400,6 +414,8 @@ class UnpairedDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
+        if stage == "fit":
+            check_one_batch(len(self.datasets["train"]), self.batch_size, "the unpaired domains")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -512,6 +528,8 @@ class Toy2DDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
+        if stage == "fit":
+            check_one_batch(len(self.datasets["train"]), self.batch_size, "Toy2DDataModule (n_train)")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -109,6 +109,16 @@ class FlowMatchingModule(L.LightningModule):
             return_trajectory=return_trajectory,
         )
 
+    def on_fit_start(self) -> None:
+        # Fail before training when the trainer is set to run no step at all: such a fit would
+        # end "successfully" and its report would look like a result.
+        t = self.trainer
+        for name, v in (("max_steps", t.max_steps), ("max_epochs", t.max_epochs),
+                        ("limit_train_batches", t.limit_train_batches)):
+            if v == 0:
+                raise ValueError(f"trainer.{name} is 0: this fit would run no training step. Set it > 0 "
+                                 "(or -1 / None for no limit).")
+
     # ------------------------------------------------------------------ steps
     def _fm_step(self, batch: Any, stage: str) -> torch.Tensor:
         x0, x1, _, _ = split_batch(batch)

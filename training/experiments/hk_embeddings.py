@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchuot.datasets import default_data_root, load_medmnist, load_mnist
 from torchuot.embed import estimate_dimension, isomap, laplacian_eigenmaps, mds, tsne
 from torchuot.images import pairwise_distances
+from training.datasets import default_data_root, load_medmnist, load_mnist
 
 __all__ = ["load_images", "distance_matrices", "embed_all", "evaluate", "win_rates", "run", "main"]
 

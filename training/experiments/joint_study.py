@@ -9,7 +9,7 @@ Datasets with known correspondences (row i of both views is the same sample):
   neighbours (``--k-swissroll 4``) disconnect the graph of the affinely distorted copy and
   both metric methods fail (FOSCTTM ~0.5). Labels for kNN transfer: the
   manifold parameter ``t`` cut into 5 equal-count bins.
-* ``mnist``: MNIST test images (real data, via ``torchuot.datasets.load_mnist`` and the data
+* ``mnist``: MNIST test images (real data, via ``training.datasets.load_mnist`` and the data
   root), raw pixels vs the same images rotated by 30 degrees and Gaussian-blurred. Labels: digits.
 
 Methods:
@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchuot.datasets import DataNotFoundError, load_mnist
 from torchuot.joint import (
     eot_eigenmaps,
     ew_lambda_embedding,
@@ -48,6 +47,7 @@ from torchuot.joint import (
     knn_geodesic_distances,
     knn_label_transfer_accuracy,
 )
+from training.datasets import DataNotFoundError, load_mnist
 
 F64 = torch.float64
 
