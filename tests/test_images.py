@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import torchuot
-from training.datasets import load_mnist
 from torchuot.images import grid_coordinates, images_to_measures, merge_partial, pairwise_distances
+from training.datasets import load_mnist
 
 F64 = torch.float64
 

@@ -11,7 +11,6 @@ import torch
 
 pytest.importorskip("lightning")
 
-from training.datasets import DataNotFoundError  # noqa: E402
 from training.data import (  # noqa: E402
     MedMNISTDataModule,
     MNISTDataModule,
@@ -19,6 +18,7 @@ from training.data import (  # noqa: E402
     UnpairedDataModule,
     domain_transform,
 )
+from training.datasets import DataNotFoundError  # noqa: E402
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
