@@ -265,3 +265,46 @@ def test_hk_stencil_precision_follows_the_kernel_span():
         v32 = prob.value(a, b)
         v64 = prob.value(a.double(), b.double())
         torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x8b\x07 not a checkpoint \xff" * 40], ids=["empty", "random"])
+def test_corrupt_checkpoint_names_the_path(small_mnist, tmp_path, content):
+    ck = tmp_path / "D.pt"
+    ck.write_bytes(content)
+    with pytest.raises(ValueError, match=r"(?s)D\.pt.*empty or corrupt.*delete it"):
+        pairwise_distances(small_mnist[:3], metric="hk", kappa=2.0, blur=0.7, checkpoint=ck)
+    ck.unlink()  # deleting it, as the message says, lets the run go through
+    D = pairwise_distances(small_mnist[:3], metric="hk", kappa=2.0, blur=0.7, checkpoint=ck)
+    assert D.shape == (3, 3) and bool(torch.isfinite(D).all())
+
+
+def test_grid_backend_lives_in_backends_and_is_re_exported():
+    from torchuot import images
+    from torchuot.backends import grid
+
+    assert images.GridPairsBackend is grid.GridPairsBackend
+    assert images.hk_stencil is grid.hk_stencil
+
+
+def test_pairwise_hk_uses_hk_distance_conventions():
+    from torchuot.divergence import HK_RHO, hk_setup
+    from torchuot.images import _Problem
+
+    prob = _Problem("hk", (8, 8), 1.0, 10.0, kappa=2.0, blur=0.5, reach=None, scaling=0.5,
+                    max_iter=10, tol=1e-3)
+    _, eps, rho = hk_setup(2.0, 0.5)
+    assert prob.eps == eps == (0.5 / 2.0) ** 2
+    assert prob.pen.rho == rho == HK_RHO
+
+
+@pytest.mark.parametrize("distributed", ["yes", 2])
+def test_distributed_argument_is_checked(small_mnist, distributed):
+    with pytest.raises(TypeError, match="distributed"):
+        pairwise_distances(small_mnist[:2], metric="euclidean", distributed=distributed)
+
+
+def test_distributed_true_without_torchrun_says_how(small_mnist, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="torchrun"):
+        pairwise_distances(small_mnist[:2], metric="euclidean", distributed=True)

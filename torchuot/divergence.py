@@ -21,7 +21,32 @@ from .costs import CostLike, HKConeCost
 from .penalties import PenaltyLike
 from .sinkhorn import _schedule, _solve, dual_value, prepare_problem
 
-__all__ = ["sinkhorn_divergence", "hk_distance"]
+__all__ = ["sinkhorn_divergence", "hk_distance", "hk_setup", "debiased_value", "HK_RHO"]
+
+#: KL strength of the HK distance's marginal penalties: HK is the UOT problem with the cone cost
+#: and KL(1) on both sides (Liero, Mielke, Savare 2018, Thm. 7.20).
+HK_RHO = 1.0
+
+
+def hk_setup(kappa: float, blur: float) -> tuple[HKConeCost, float, float]:
+    """HK's conventions, stated once: ``(cost, eps, rho)`` for length scale ``kappa`` and ``blur``.
+
+    ``eps = (blur / kappa)**2`` since the cone cost is ``~ |x-y|^2 / kappa^2`` at short range;
+    ``rho`` is :data:`HK_RHO`. Shared by :func:`hk_distance` and
+    :func:`torchuot.images.pairwise_distances`.
+    """
+    cost = HKConeCost(check_positive(kappa, "kappa"))  # type: ignore[arg-type]
+    blur = check_positive(blur, "blur")  # type: ignore[assignment]
+    return cost, (blur / cost.kappa) ** 2, HK_RHO
+
+
+def debiased_value(ot_ab: Tensor, ot_aa: Tensor, ot_bb: Tensor, eps: float, mass_a: Tensor,
+                   mass_b: Tensor) -> Tensor:
+    """``S_eps = OT(a, b) - (OT(a, a) + OT(b, b)) / 2 + eps (m(a) - m(b))^2 / 2``, all ``(B,)``.
+
+    The debiasing of the module docstring, written once (the pairwise image code uses it too).
+    """
+    return ot_ab - 0.5 * (ot_aa + ot_bb) + 0.5 * eps * (mass_a - mass_b) ** 2
 
 
 def sinkhorn_divergence(
@@ -73,8 +98,7 @@ def sinkhorn_divergence(
     ot_ab = dual_value(ops_xy, pen_a, pen_b, eps_f, f, g)
     ot_aa = dual_value(ops_xx, pen_a, pen_a, eps_f, f_aa, f_aa)
     ot_bb = dual_value(ops_yy, pen_b, pen_b, eps_f, g_bb, g_bb)
-    mass_term = 0.5 * eps_f * (ab.sum(-1) - bb.sum(-1)) ** 2
-    out = ot_ab - 0.5 * (ot_aa + ot_bb) + mass_term
+    out = debiased_value(ot_ab, ot_aa, ot_bb, eps_f, ab.sum(-1), bb.sum(-1))
     return out if batched else out[0]
 
 
@@ -109,13 +133,12 @@ def hk_distance(
         debias: return the debiased divergence (zero on identical inputs) rather than ``OT_eps``.
         squared: return ``HK^2`` (default) or ``HK = sqrt(max(HK^2, 0))``.
     """
-    cost = HKConeCost(check_positive(kappa, "kappa"))  # type: ignore[arg-type]
     if blur is not None and eps is not None:
         raise ValueError("give either blur or eps, not both.")
-    if eps is None:
-        blur = 0.05 * cost.kappa if blur is None else check_positive(blur, "blur")
-        eps = (blur / cost.kappa) ** 2  # type: ignore[operator]
-    kw = dict(cost=cost, eps=eps, rho=1.0, penalty="kl", scaling=scaling, max_iter=max_iter,
+    kappa = check_positive(kappa, "kappa")  # type: ignore[assignment]
+    cost, eps_blur, rho = hk_setup(kappa, 0.05 * kappa if blur is None else blur)
+    eps = eps_blur if eps is None else eps
+    kw = dict(cost=cost, eps=eps, rho=rho, penalty="kl", scaling=scaling, max_iter=max_iter,
               tol=tol, grad=grad, backend=backend)
     if debias:
         val = sinkhorn_divergence(x, y, a, b, **kw)  # type: ignore[arg-type]

@@ -25,6 +25,12 @@ Metrics of :func:`pairwise_distances` (conventions of :func:`torchuot.sinkhorn`)
 ``S_eps`` is the debiased Sinkhorn divergence of :func:`torchuot.sinkhorn_divergence` (zero
 on identical images); ``debias=False`` gives the raw entropic value ``OT_eps`` instead.
 
+Distributed: under ``torchrun --nproc_per_node K`` (CPU processes with gloo, or one GPU per rank
+with nccl), ``pairwise_distances(..., distributed=True)`` (automatic once ``torch.distributed``
+is initialised with more than one rank) deals the rows round-robin to the ranks, checkpoints
+each rank's partial matrix in its own file (:func:`rank_checkpoint_path`) so a killed rank
+resumes, and all-reduces the parts: every rank returns the same matrix as one process.
+
 Speed: all pairs share one grid cost, so a block of ``B`` pairs is solved by the shared
 :func:`torchuot.sinkhorn.sinkhorn_loop` with a :class:`GridPairsBackend` whose soft-min is ONE
 batched log-domain kernel product for the whole block: a *separable* kernel for the squared
@@ -42,14 +48,18 @@ import json
 import logging
 import math
 import os
+import pickle
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from ._typing import Tensor
-from .backends import safe_log
-from .costs import HKConeCost, SquaredEuclidean
+from .backends.grid import F32_STENCIL_SPAN, GridPairsBackend, hk_stencil
+from .costs import SquaredEuclidean
+from .divergence import debiased_value, hk_setup
 from .penalties import KL, Balanced, Penalty
 from .progress import progress_bar
 from .sinkhorn import _solve, dual_value, epsilon_schedule
@@ -60,8 +70,10 @@ __all__ = [
     "grid_coordinates",
     "images_to_measures",
     "GridPairsBackend",
+    "hk_stencil",
     "pairwise_distances",
     "merge_partial",
+    "rank_checkpoint_path",
 ]
 
 METRICS = ("hk", "w2", "euclidean", "sinkhorn_divergence")
@@ -144,255 +156,6 @@ def _masses(w: Tensor, name: str) -> Tensor:
     return m
 
 
-# ---------------------------------------------------------------------------- the backend
-# The fast path works in the exp domain: a sum whose value falls below _TINY may have lost terms to
-# underflow (or, on the stencil, been raised by the exp(_FLOOR) floor), so its pair is redone in the
-# log domain.
-_TINY = {torch.float64: 1e-200, torch.float32: 1e-30}
-_FLOOR = {torch.float64: -600.0, torch.float32: -87.0}
-_F32_STENCIL_SPAN = 30.0  # max stencil cost / eps up to which the HK stencil runs in float32
-
-
-class _Side(NamedTuple):
-    """What one soft-min direction of :class:`GridPairsBackend` keeps across iterations."""
-
-    h: Tensor  # (B, P) log-weights of the pixels that enter the sum, -inf elsewhere
-    need: Tensor  # (B, P) bool: rows whose sum must not underflow
-    keep: Tensor  # (B, P) 0/1: isfinite(h), multiplies exp(h - shift) (no exp(-inf))
-    dead: Tensor | None  # (B, P) stencil only: -inf on rows that reach no mass, else 0
-
-
-class GridPairsBackend:
-    """Soft-mins for a batch of ``B`` pairs of images on ONE shared ``H x W`` grid.
-
-    Plugs into :func:`torchuot.sinkhorn.sinkhorn_loop` (``softmin_x`` / ``softmin_y``) and
-    :func:`torchuot.sinkhorn.dual_value` (``a``, ``b``, ``softmin_x_autograd``). The cost is
-    never formed per pair: a soft-min of the whole block is one batched kernel product against
-    the shared grid kernel,
-
-    * ``kind="separable"``: ``C = |x - y|^2 / 2 = (dr^2 + dc^2) / 2``, ``K = K_rows (x) K_cols``:
-      two GEMMs with the ``(W x W)`` and ``(H x H)`` 1D Gibbs kernels for all pairs at once,
-      with a max-shift per image row (stage 1) and per image column (stage 2);
-    * ``kind="stencil"``: the HK cone cost, finite only for offsets ``|d| < kappa * pi / 2``:
-      one ``conv2d`` of all pairs with the truncated Gibbs kernel, with a max-shift per pair
-      over the target pixels that can reach some source mass (the others cannot enter a row
-      that matters: rows with zero source weight never enter the value).
-
-    The exp-domain sums are in ``exp_dtype``; a pair in which a sum that matters underflows (below
-    ``1e-200`` in float64, ``1e-30`` in float32) is recomputed exactly with a log-sum-exp over
-    the same separable / stencil structure, so the result equals the log-domain soft-min
-    (Schmitzer 2019, Sec. 3: a stabilised kernel with a log-domain fallback).
-
-    Args:
-        a: ``(B, H * W)`` source weights. b: ``(B, H * W)`` target weights.
-        shape: ``(H, W)``.
-        kind: ``"separable"`` or ``"stencil"``.
-        spacing: grid spacing in the length units of the cost.
-        kappa: HK scale (``kind="stencil"``).
-        exp_dtype: dtype of the exp-domain kernel products (float64 has more range: fewer
-            log-domain fallbacks; float32 is about twice as fast).
-    """
-
-    name = "grid_pairs"
-
-    def __init__(self, a: Tensor, b: Tensor, shape: tuple[int, int], *, kind: str, spacing: float,
-                 kappa: float | None = None, exp_dtype: torch.dtype = torch.float64) -> None:
-        self.a, self.b = a, b
-        self.exp_dtype = exp_dtype
-        self.H, self.W = shape
-        self.kind = kind
-        self.log_a, self.log_b = safe_log(a), safe_log(b)
-        self.n_fallback = 0  # pairs x soft-mins that needed the log-domain path
-        dev = a.device
-        if kind == "separable":
-            r = torch.arange(self.H, dtype=torch.float64, device=dev) * spacing
-            c = torch.arange(self.W, dtype=torch.float64, device=dev) * spacing
-            self.C_rows = (r[:, None] - r[None, :]) ** 2 / 2  # (H, H)
-            self.C_cols = (c[:, None] - c[None, :]) ** 2 / 2  # (W, W)
-            # Every pixel with mass enters each soft-min; every row's sum must stay representable.
-            h_x, h_y = self.log_b, self.log_a
-            need_x, need_y = a > 0, b > 0
-            dead_x = dead_y = None
-        elif kind == "stencil":
-            if kappa is None:
-                raise ValueError("kind='stencil' needs kappa.")
-            self.offsets, c_off, self.R = hk_stencil(kappa, spacing, self.H, self.W, torch.float64, dev)
-            R = self.R
-            self.C_sten = torch.full((2 * R + 1, 2 * R + 1), math.inf, dtype=torch.float64, device=dev)
-            for (dr, dc), c in zip(self.offsets, c_off, strict=True):
-                self.C_sten[R + dr, R + dc] = c
-            # j can enter a row i with a_i > 0 only if some source mass lies within reach of j.
-            mask_x = self._reach(a > 0) & (b > 0)
-            mask_y = self._reach(b > 0) & (a > 0)
-            # rows with some live target pixel in their stencil: their sum must not vanish
-            live_x, live_y = self._reach(mask_x), self._reach(mask_y)
-            ninf = torch.full_like(self.log_a, -math.inf)
-            h_x, h_y = torch.where(mask_x, self.log_b, ninf), torch.where(mask_y, self.log_a, ninf)
-            need_x, need_y = (a > 0) & live_x, (b > 0) & live_y
-            zero = torch.zeros((), dtype=exp_dtype, device=dev)
-            dead_x, dead_y = torch.where(live_x, zero, -math.inf), torch.where(live_y, zero, -math.inf)
-        else:
-            raise ValueError(f"kind must be 'separable' or 'stencil', got {kind!r}.")
-        # Constant across iterations, per side: the masked log-weights that enter the soft-min,
-        # the rows whose sum must not underflow, the 0/1 mask of the finite log-weights and
-        # (stencil) the -inf of the rows that can reach no mass.
-        self._sides = {
-            "x": _Side(h_x.to(exp_dtype), need_x, torch.isfinite(h_x).to(exp_dtype), dead_x),
-            "y": _Side(h_y.to(exp_dtype), need_y, torch.isfinite(h_y).to(exp_dtype), dead_y),
-        }
-        self._kern: dict[float, tuple[Tensor, ...]] = {}
-
-    # ------------------------------------------------------------------ helpers
-    def _reach(self, support: Tensor) -> Tensor:
-        k = torch.isfinite(self.C_sten).to(torch.float32)[None, None]
-        v = support.to(torch.float32).reshape(-1, 1, self.H, self.W)
-        return (torch.nn.functional.conv2d(v, k, padding=self.R) > 0.5).reshape(support.shape)
-
-    def _kernels(self, eps: float) -> tuple[Tensor, ...]:
-        hit = self._kern.get(eps)
-        if hit is not None:
-            return hit
-        hit = tuple(k.to(self.exp_dtype) for k in self._kernels64(eps))
-        self._kern = {eps: hit}  # one eps at a time (eps-scaling moves on)
-        return hit
-
-    def _kernels64(self, eps: float) -> tuple[Tensor, ...]:
-        if self.kind == "separable":
-            return torch.exp(-self.C_rows / eps), torch.exp(-self.C_cols / eps)
-        # Banded blocks, one per row offset: Tk[k * W + jc, ic] = exp(-C(k - R, jc - ic) / eps)
-        # (zero outside the stencil), so that the 2D stencil sum over (jr, jc) is ONE GEMM of the
-        # row-unfolded image (B * H, (2R+1) * W) against Tk ((2R+1) * W, W).
-        R, W = self.R, self.W
-        k = torch.exp(-self.C_sten / eps)  # (2R+1, 2R+1), zero past the truncation
-        jc = torch.arange(W, device=k.device)
-        dc = jc[:, None] - jc[None, :]  # jc - ic, (W, W) indexed [jc, ic]
-        inside = dc.abs() <= R
-        Tk = torch.where(inside[None], k[:, (dc.clamp(-R, R) + R)],
-                         torch.zeros((), dtype=k.dtype, device=k.device))  # (2R+1, W, W)
-        return (Tk.reshape(-1, W),)
-
-    # ------------------------------------------------------------------ soft-min
-    def _log_kernel(self, eps: float, h: Tensor, side: _Side) -> Tensor:
-        """``log sum_j exp(h_j - C_ij / eps)`` for every pixel ``i``: ``h (B, P) -> (B, P)``.
-
-        ``h`` is ``-inf`` at the ``j`` that cannot enter a row that matters; ``side.need``
-        ``(B, P)`` marks the rows whose sum must not underflow (a pair where one does is redone in
-        the log domain). Other rows may come out as anything finite or ``+-inf``.
-        """
-        need = side.need
-        B = h.shape[0]
-        tiny = _TINY[h.dtype]
-        if self.kind == "separable":
-            K_rows, K_cols = self._kernels(eps)
-            hh = h.reshape(B, self.H, self.W)
-            keep = side.keep.reshape(B, self.H, self.W)
-            floor = _FLOOR[h.dtype]
-            m1 = hh.amax(dim=-1, keepdim=True)  # (B, H, 1): shift per image row
-            row_live = torch.isfinite(m1)
-            m1 = torch.where(row_live, m1, torch.zeros_like(m1))
-            # As on the stencil: floor + mask instead of exp(-inf) and denormals (slow paths).
-            v = torch.exp(torch.clamp_min(hh - m1, floor)).mul_(keep)
-            s1 = torch.matmul(v, K_cols)  # (B, H, W): sum over columns j_c, row-shifted by m1
-            # Stage 2 without a log/exp round trip: exp(m1_r + log s1[r, c]) = s1[r, c] r_r e^M1
-            # with r = exp(m1 - M1) in (0, 1], rescaled per image column by its largest entry.
-            # Checked: stage-1 sums of rows with mass >= tiny, and their r >= sqrt(tiny), so that
-            # no product below underflows (>= tiny^1.5) and the column maxima are >= tiny.
-            M1 = torch.where(row_live, m1, torch.full_like(m1, -math.inf)).amax(dim=-2, keepdim=True)
-            r = torch.exp(torch.clamp_min(m1 - M1, floor)).mul_(row_live)  # (B, H, 1)
-            bad = ((s1.amin(-1, keepdim=True) < tiny) | (r < math.sqrt(tiny))).logical_and_(row_live)
-            bad = bad.flatten(1).any(1)
-            P = s1.mul_(r)
-            cmax = P.amax(dim=-2, keepdim=True)  # (B, 1, W), >= tiny on pairs that pass the check
-            cmax = torch.where(cmax > 0, cmax, torch.ones_like(cmax))
-            s2 = torch.matmul(K_rows, P.div_(cmax)).reshape(B, -1)  # (B, H W): sum over rows j_r
-            # stage-2 underflow in a row that matters
-            bad |= (s2 < tiny).logical_and_(need).any(1)
-            shift = (torch.log(cmax) + M1).expand(B, self.H, self.W).reshape(B, -1)
-            out = torch.log(s2.clamp_min_(torch.finfo(s2.dtype).tiny)).add_(shift)
-        else:
-            (Tk,) = self._kernels(eps)
-            R, H, W = self.R, self.H, self.W
-            M = _finite_max(h, -1)  # (B, 1): shift per pair
-            # Terms below exp(_FLOOR) are raised to it and the structural zeros (h = -inf) are
-            # masked out by a multiply: exp of -inf or of a denormal result takes a slow path
-            # (about 10x slower). The raised terms add at most P exp(_FLOOR) to a sum that is
-            # either >= tiny (a relative error below 1e-8) or sent to the log-domain fallback.
-            floor = _FLOOR[h.dtype]
-            v = torch.exp(torch.clamp_min(h - M, floor)).mul_(side.keep).reshape(B, H, W)
-            # U[b, ir, k, jc] = v[b, ir + k - R, jc]: the 2R+1 source rows each target row sees.
-            U = torch.nn.functional.pad(v, (0, 0, R, R)).unfold(1, 2 * R + 1, 1).transpose(2, 3)
-            s = torch.matmul(U.reshape(B * H, -1), Tk).reshape(B, -1)
-            bad = (s < tiny).logical_and_(need).any(1)
-            # s = 0 exactly on the rows with no live pixel in their stencil (+inf soft-min, mass
-            # that cannot move): log(0) is a slow path, so those rows get -inf by an add.
-            out = torch.log(s.clamp_min_(torch.finfo(s.dtype).tiny)).add_(M).add_(side.dead)
-        if bool(bad.any()):
-            idx = bad.nonzero().squeeze(1)
-            self.n_fallback += int(idx.numel())
-            out[idx] = self._log_kernel_exact(eps, h[idx])
-        return out
-
-    def _log_kernel_exact(self, eps: float, h: Tensor) -> Tensor:
-        """Log-domain version of :meth:`_log_kernel` (no underflow), for the pairs that need it."""
-        B = h.shape[0]
-        hh = h.reshape(B, self.H, self.W)
-        if self.kind == "separable":
-            Cc, Cr = (self.C_cols / eps).to(h.dtype), (self.C_rows / eps).to(h.dtype)
-            T = torch.logsumexp(hh.unsqueeze(2) - Cc, dim=-1)  # (B, H, W)
-            S = torch.logsumexp(T.unsqueeze(1) - Cr.unsqueeze(-1), dim=2)
-            return S.reshape(B, -1)
-        R = self.R
-        padded = torch.nn.functional.pad(hh, (R, R, R, R), value=-math.inf)
-        views = torch.stack(
-            [padded[:, R + dr: R + dr + self.H, R + dc: R + dc + self.W] for dr, dc in self.offsets], 1
-        )
-        c = torch.stack([self.C_sten[R + dr, R + dc] for dr, dc in self.offsets]).to(h.dtype)
-        return torch.logsumexp(views - (c / eps).view(1, -1, 1, 1), dim=1).reshape(B, -1)
-
-    def softmin_x(self, eps: float, g: Tensor) -> Tensor:
-        """``-eps log sum_j b_j exp((g_j - C_ij)/eps)`` -> ``(B, P)`` (exact where ``a_i > 0``)."""
-        side = self._sides["x"]
-        h = torch.add(side.h, g.to(self.exp_dtype), alpha=1.0 / eps)
-        return self._log_kernel(eps, h, side).mul_(-eps).to(g.dtype)
-
-    def softmin_y(self, eps: float, f: Tensor) -> Tensor:
-        """``-eps log sum_i a_i exp((f_i - C_ij)/eps)`` -> ``(B, P)`` (the grid cost is symmetric)."""
-        side = self._sides["y"]
-        h = torch.add(side.h, f.to(self.exp_dtype), alpha=1.0 / eps)
-        return self._log_kernel(eps, h, side).mul_(-eps).to(f.dtype)
-
-    # No cached state that autograd would miss: the same functions serve dual_value.
-    softmin_x_autograd = softmin_x
-    softmin_y_autograd = softmin_y
-
-
-def _finite_max(t: Tensor, dim: int) -> Tensor:
-    m = t.amax(dim=dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-
-
-def hk_stencil(kappa: float, spacing: float, H: int, W: int, dtype, device
-               ) -> tuple[list[tuple[int, int]], Tensor, int]:
-    """Offsets ``(dr, dc)`` (in pixels) where the HK cone cost is finite, and its values there.
-
-    Returns the offsets, the costs ``(K,)`` and the stencil radius ``R`` in pixels.
-    """
-    reach = kappa * math.pi / 2
-    R = min(int(math.floor(reach / spacing)), max(H, W) - 1)
-    offsets, dist = [], []
-    for dr in range(-R, R + 1):
-        for dc in range(-R, R + 1):
-            if abs(dr) >= H or abs(dc) >= W:
-                continue
-            d = math.hypot(dr, dc) * spacing
-            if d / kappa < math.pi / 2:
-                offsets.append((dr, dc))
-                dist.append(d)
-    d = torch.tensor(dist, dtype=torch.float64)
-    c = -2 * torch.log(torch.cos(d / kappa))
-    return offsets, c.to(dtype=dtype, device=device), R
-
-
 # ---------------------------------------------------------------------------- solving blocks
 class _Problem:
     """Everything that is fixed across blocks: penalties, eps schedule, backend factory."""
@@ -403,11 +166,10 @@ class _Problem:
         self.metric, self.shape, self.spacing = metric, shape, spacing
         self.max_iter, self.tol = max_iter, tol
         if metric == "hk":
-            cost = HKConeCost(kappa)
-            self.eps = (blur / kappa) ** 2
-            self.pen: Penalty = KL(1.0)
+            cost, self.eps, rho = hk_setup(kappa, blur)  # HK's conventions, as hk_distance
+            self.pen: Penalty = KL(rho)
             self.kind, self.kappa = "stencil", kappa
-            # Largest finite cost on the stencil over eps: past _F32_STENCIL_SPAN the float32 kernel
+            # Largest finite cost on the stencil over eps: past F32_STENCIL_SPAN the float32 kernel
             # spans more than float32's range and most pairs would take the log-domain fallback
             # (kappa = 5 px, blur = 1 px: 70% of the soft-mins, 15x slower than float64).
             _, c_off, _ = hk_stencil(kappa, spacing, *shape, torch.float64, "cpu")
@@ -425,7 +187,7 @@ class _Problem:
     def ops(self, a: Tensor, b: Tensor) -> GridPairsBackend:
         # float32 lacks the range for the separable W2 kernel (many fallbacks); the HK stencil is
         # short-range and fine in float32 while its kernel spans a moderate range.
-        wide = self.kind == "separable" or self.stencil_span > _F32_STENCIL_SPAN
+        wide = self.kind == "separable" or self.stencil_span > F32_STENCIL_SPAN
         return GridPairsBackend(a, b, self.shape, kind=self.kind, spacing=self.spacing, kappa=self.kappa,
                                 exp_dtype=torch.float64 if wide else a.dtype)
 
@@ -440,9 +202,29 @@ class _Problem:
         return dual_value(ops, self.pen, self.pen, self.eps, f, g)
 
 
-def _batched(n: int, size: int):
+def _batched(n: int, size: int) -> Iterator[tuple[int, int]]:
     for s in range(0, n, size):
         yield s, min(s + size, n)
+
+
+class _Inputs(NamedTuple):
+    """Validated inputs of :func:`pairwise_distances`."""
+
+    wa: Tensor  # (N, H * W) weights on the compute device, in dtype
+    wb: Tensor  # (M, H * W)
+    one_set: bool
+    shape: tuple[int, int]
+    spacing: float
+    normalize: bool
+    rows: tuple[int, int]
+    out_device: torch.device
+
+
+class _Dist(NamedTuple):
+    """This process's share of a distributed job: rank ``rank`` of ``world``."""
+
+    rank: int
+    world: int
 
 
 def pairwise_distances(
@@ -466,6 +248,7 @@ def pairwise_distances(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> Tensor:
     """Distance matrix between two sets of images (or within one set).
 
@@ -491,16 +274,54 @@ def pairwise_distances(
             pairs ``i < j`` with ``i`` in that range, mirrored); other entries are NaN. Run the
             ranges in separate processes or machines and combine with :func:`merge_partial`.
         checkpoint: a file path; the partial result is saved after every block and a rerun with
-            the same inputs and arguments resumes from it.
-        device: where to compute (default: CUDA when available, else the input's device).
+            the same inputs and arguments resumes from it (distributed: one file per rank,
+            :func:`rank_checkpoint_path`).
+        device: where to compute (default: CUDA when available -- ``cuda:LOCAL_RANK`` under
+            torchrun -- else the input's device).
         dtype: computation dtype (float32 default; float64 for reference-level agreement).
-        progress: show a tqdm progress bar (when tqdm is installed).
+        progress: show a tqdm progress bar (when tqdm is installed; rank 0 only).
+        distributed: split the rows over the ranks of ``torch.distributed`` and all-reduce the
+            parts (every rank returns the whole matrix). ``None`` (default): when a process
+            group with more than one rank is initialised. ``True`` initialises one from the
+            ``torchrun`` environment if needed (nccl on CUDA, else gloo).
 
     Returns:
         ``(N, M)`` distances on the input's device, in ``dtype``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    dist_ctx = _distributed_context(distributed)
+    if device is None and dist_ctx is not None and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    inp = _validate(images_a, images_b, metric=metric, normalize=normalize, rows=rows, dtype=dtype,
+                    block_size=block_size, max_iter=max_iter, units=units, device=device)
+    N, M = inp.wa.shape[0], inp.wb.shape[0]
+    my_rows = _my_rows(inp.rows, dist_ctx)
+
+    if metric == "euclidean":
+        D = _euclidean(inp, my_rows)
+    else:
+        prob = _build_problem(metric, inp, kappa=kappa, blur=blur, reach=reach, scaling=scaling,
+                              max_iter=max_iter, tol=tol)
+        ckpt = checkpoint if dist_ctx is None or checkpoint is None else rank_checkpoint_path(
+            checkpoint, dist_ctx.rank, dist_ctx.world)
+        key = None if ckpt is None else _config_key(
+            inp.wa, inp.wb, inp.one_set, metric, kappa, blur, reach, debias, units, inp.normalize,
+            scaling, max_iter, tol, block_size, inp.rows, dtype,
+            *(() if dist_ctx is None else (tuple(dist_ctx),)))
+        show = progress and (dist_ctx is None or dist_ctx.rank == 0)
+        D = _solve_all(prob, inp, my_rows, debias=debias, block_size=block_size, checkpoint=ckpt,
+                       key=key, dist_ctx=dist_ctx, progress=show)
+    if dist_ctx is not None:
+        D = _all_reduce_parts(D, dist_ctx)
+    return _finish(D, metric, squared).to(inp.out_device)
+
+
+# ---------------------------------------------------------------------------- the parts
+def _validate(images_a: object, images_b: object, *, metric: str, normalize: bool | None,
+              rows: object, dtype: object, block_size: object, max_iter: object, units: str,
+              device: torch.device | str | None) -> _Inputs:
+    """Check the images and arguments; move the weights to the compute device."""
     A = _check_images(images_a, "images_a")
     one_set = images_b is None
     Bm = A if one_set else _check_images(images_b, "images_b")
@@ -531,59 +352,87 @@ def pairwise_distances(
         ma, mb = _masses(wa, "images_a"), _masses(wb, "images_b")
         if normalize:
             wa, wb = wa / ma[:, None], wb / mb[:, None]
-    r0, r1 = _check_rows(rows, N)
+    return _Inputs(wa, wb, one_set, (H, W), spacing, bool(normalize), _check_rows(rows, N), out_device)
 
-    if metric == "euclidean":
-        D = torch.full((N, M), math.nan, dtype=dtype, device=device)
-        D[r0:r1] = torch.cdist(wa[r0:r1], wb)
-        if one_set:
-            D[:, r0:r1] = D[r0:r1].T.clone()
-            D.diagonal()[r0:r1] = 0
-        D = D ** 2 if squared else D
-        return D.to(out_device)
 
-    blur = 0.5 * spacing if blur is None else _positive(blur, "blur")
+def _build_problem(metric: str, inp: _Inputs, *, kappa: object, blur: object, reach: object,
+                   scaling: object, max_iter: int, tol: object) -> _Problem:
+    """Check the OT arguments and fix the penalties and eps schedule shared by all blocks."""
+    blur = 0.5 * inp.spacing if blur is None else _positive(blur, "blur")
     kappa = _positive(kappa, "kappa")
     if metric == "sinkhorn_divergence":
         if reach is None:
             raise ValueError("metric='sinkhorn_divergence' needs reach (KL reach length, rho = reach**2).")
         reach = _positive(reach, "reach")
     _positive(tol, "tol")
-    if not 0 < scaling < 1:
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < 1:
         raise ValueError(f"scaling must lie in (0, 1), got {scaling!r}.")
-    diameter = math.hypot(H - 1, W - 1) * spacing
-    prob = _Problem(metric, (H, W), spacing, diameter, kappa=kappa, blur=blur, reach=reach,
-                    scaling=scaling, max_iter=max_iter, tol=tol)
+    H, W = inp.shape
+    diameter = math.hypot(H - 1, W - 1) * inp.spacing
+    return _Problem(metric, inp.shape, inp.spacing, diameter, kappa=kappa, blur=blur,
+                    reach=reach, scaling=scaling, max_iter=max_iter, tol=tol)  # type: ignore[arg-type]
 
-    # The pairs to solve, in a fixed order (resume relies on it).
+
+def _my_rows(rows: tuple[int, int], dist_ctx: _Dist | None) -> Tensor:
+    """The rows this process computes: all of ``rows``, or every ``world``-th one (round-robin:
+    with one set the rows near the top have more pairs ``i < j``, so dealing them one by one
+    balances the ranks to within one row)."""
+    r0, r1 = rows
+    if dist_ctx is None:
+        return torch.arange(r0, r1)
+    return torch.arange(r0 + dist_ctx.rank, r1, dist_ctx.world)
+
+
+def _pairs(my_rows: Tensor, N: int, M: int, one_set: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pair indices ``(i, j)`` of the given rows in a fixed order (resume relies on it)."""
+    r = my_rows.to(device)
     if one_set:
         ii, jj = torch.triu_indices(N, N, offset=1, device=device)
-        keep = (ii >= r0) & (ii < r1)
-        ii, jj = ii[keep], jj[keep]
-    else:
-        ii = torch.arange(r0, r1, device=device).repeat_interleave(M)
-        jj = torch.arange(M, device=device).repeat(r1 - r0)
-    n_pairs = ii.numel()
+        keep = torch.isin(ii, r)
+        return ii[keep], jj[keep]
+    return r.repeat_interleave(M), torch.arange(M, device=device).repeat(r.numel())
 
-    key = None
-    if checkpoint is not None:
-        key = _config_key(wa, wb, one_set, metric, kappa, blur, reach, debias, units, normalize, scaling,
-                          max_iter, tol, block_size, (r0, r1), dtype)
+
+def _euclidean(inp: _Inputs, my_rows: Tensor) -> Tensor:
+    """Euclidean distances of the flattened intensities, ``(N, M)`` (NaN outside ``my_rows``)."""
+    wa, wb = inp.wa, inp.wb
+    D = torch.full((wa.shape[0], wb.shape[0]), math.nan, dtype=wa.dtype)
+    r = my_rows
+    D[r] = torch.cdist(wa[r.to(wa.device)], wb).cpu()
+    if inp.one_set:
+        D[:, r] = D[r].T.clone()
+        D[r, r] = 0
+    return D
+
+
+def _solve_all(prob: _Problem, inp: _Inputs, my_rows: Tensor, *, debias: bool, block_size: int,
+               checkpoint: str | os.PathLike | None, key: str | None, dist_ctx: _Dist | None,
+               progress: bool) -> Tensor:
+    """OT values (debiased or raw) of this process's pairs, ``(N, M)`` on the CPU, NaN elsewhere."""
+    wa, wb, one_set = inp.wa, inp.wb, inp.one_set
+    N, M = wa.shape[0], wb.shape[0]
+    device = wa.device
+    ii, jj = _pairs(my_rows, N, M, one_set, device)
+    n_pairs = ii.numel()
     state = _load_checkpoint(checkpoint, key)
     if state is None:
-        state = {"key": key, "D": torch.full((N, M), math.nan, dtype=dtype), "done": 0,
+        state = {"key": key, "D": torch.full((N, M), math.nan, dtype=wa.dtype), "done": 0,
                  "self_a": None, "self_b": None}
-    D_cpu: Tensor = state["D"]
-
-    bar = progress_bar(n_pairs + (N + (0 if one_set else M) if debias else 0), desc="pairwise OT",
-                       unit="pair", enabled=progress)
+    D: Tensor = state["D"]
+    n_self = N + (0 if one_set else M) if debias else 0
+    bar = progress_bar(n_pairs + n_self, desc="pairwise OT", unit="pair", enabled=progress)
     with torch.no_grad():
-        if debias and state["self_a"] is None:
-            state["self_a"] = _self_terms(prob, wa, block_size, bar).cpu()
-            state["self_b"] = state["self_a"] if one_set else _self_terms(prob, wb, block_size, bar).cpu()
-            _save_checkpoint(checkpoint, state)
-        elif debias and bar is not None:
-            bar.update(N + (0 if one_set else M))
+        if debias:
+            # Self terms: each rank solves its share and the shares are summed across ranks
+            # (every rank joins that collective, resumed or not).
+            if state["self_a"] is None:
+                state["self_a"] = _self_terms(prob, wa, block_size, bar, dist_ctx).cpu()
+                state["self_b"] = (state["self_a"] if one_set
+                                   else _self_terms(prob, wb, block_size, bar, dist_ctx).cpu())
+                _save_checkpoint(checkpoint, state)
+            elif bar is not None:
+                bar.update(n_self)
+            self_a, self_b = (_sum_shares(state[k], dist_ctx).to(device) for k in ("self_a", "self_b"))
         if bar is not None:
             bar.update(min(state["done"], n_pairs))
         for s, e in _batched(n_pairs, block_size):
@@ -593,33 +442,33 @@ def pairwise_distances(
             a, b = wa[i], wb[j]
             val = prob.value(a, b)
             if debias:
-                sa = state["self_a"].to(device)[i]
-                sb = state["self_b"].to(device)[j]
-                mass = 0.5 * prob.eps * (a.sum(-1) - b.sum(-1)) ** 2
-                val = val - 0.5 * (sa + sb) + mass
-            D_cpu[i.cpu(), j.cpu()] = val.cpu()
+                val = debiased_value(val, self_a[i], self_b[j], prob.eps, a.sum(-1), b.sum(-1))
+            i_c, j_c, v_c = i.cpu(), j.cpu(), val.cpu()
+            D[i_c, j_c] = v_c
             if one_set:
-                D_cpu[j.cpu(), i.cpu()] = val.cpu()
+                D[j_c, i_c] = v_c
             state["done"] = e
             _save_checkpoint(checkpoint, state)
             if bar is not None:
                 bar.update(e - s)
-        if bar is not None:
-            bar.close()
+        if one_set:
+            # the diagonal: zero when debiased, else the raw self values of this process's rows
+            r = my_rows
+            D[r, r] = 0.0 if debias else _raw_self(prob, wa[r.to(device)], block_size).cpu()
+    if bar is not None:
+        bar.close()
+    return D
 
-    D = D_cpu.clone()
-    if one_set:
-        idx = torch.arange(r0, r1)
-        if debias:
-            D[idx, idx] = 0.0
-        else:
-            D[idx, idx] = _raw_self(prob, wa[r0:r1], block_size).cpu()
-    # The squared quantity: HK^2 = S for HK, W2^2 = 2 S for the |x-y|^2/2 cost.
+
+def _finish(D: Tensor, metric: str, squared: bool) -> Tensor:
+    """Squared quantity -> the returned one: HK^2 = S for HK, W2^2 = 2 S for ``|x-y|^2/2``."""
+    if metric == "euclidean":
+        return D ** 2 if squared else D
     if metric != "hk":
         D = 2 * D
     if not squared:
         D = torch.sqrt(D.clamp_min(0))  # NaN (not computed) stays NaN
-    return D.to(out_device)
+    return D
 
 
 def _raw_self(prob: _Problem, w: Tensor, block_size: int) -> Tensor:
@@ -627,13 +476,17 @@ def _raw_self(prob: _Problem, w: Tensor, block_size: int) -> Tensor:
     return torch.cat([prob.value(w[s:e], w[s:e], symmetric=True) for s, e in blocks])
 
 
-def _self_terms(prob: _Problem, w: Tensor, block_size: int, bar) -> Tensor:
-    out = []
-    for s, e in _batched(w.shape[0], block_size):
-        out.append(prob.value(w[s:e], w[s:e], symmetric=True))
+def _self_terms(prob: _Problem, w: Tensor, block_size: int, bar, dist_ctx: _Dist | None) -> Tensor:
+    """Self values ``OT(w_k, w_k)`` ``(K,)``: this rank's share (every ``world``-th), 0 elsewhere."""
+    K = w.shape[0]
+    idx = torch.arange(K) if dist_ctx is None else torch.arange(dist_ctx.rank, K, dist_ctx.world)
+    out = torch.zeros(K, dtype=w.dtype, device=w.device)
+    for s, e in _batched(idx.numel(), block_size):
+        k = idx[s:e].to(w.device)
+        out[k] = prob.value(w[k], w[k], symmetric=True)
         if bar is not None:
             bar.update(e - s)
-    return torch.cat(out)
+    return out
 
 
 def _check_rows(rows: object, N: int) -> tuple[int, int]:
@@ -666,7 +519,76 @@ def merge_partial(parts: list[Tensor]) -> Tensor:
     return out
 
 
-# ---------------------------------------------------------------------------- resume, progress
+# ---------------------------------------------------------------------------- torch.distributed
+def _distributed_context(distributed: object) -> _Dist | None:
+    """Rank and world size when the job is split over ``torch.distributed`` ranks, else ``None``."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True, False or None, got {distributed!r}.")
+    if distributed is False:
+        return None
+    import torch.distributed as dist
+
+    ready = dist.is_available() and dist.is_initialized()
+    if not ready and distributed:
+        if not dist.is_available():
+            raise ValueError("distributed=True: this torch build has no torch.distributed.")
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group or a "
+                "torchrun launch (RANK / WORLD_SIZE set): run `torchrun --nproc_per_node K "
+                "script.py`, or pass distributed=False."
+            )
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        if backend == "nccl":  # one GPU per rank
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+        ready = True
+    if not ready or dist.get_world_size() == 1:
+        return None
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":  # nccl only reduces CUDA tensors
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def _sum_shares(t: Tensor, dist_ctx: _Dist | None) -> Tensor:
+    """Sum of the ranks' shares of a vector (each entry is non-zero on one rank only)."""
+    if dist_ctx is None:
+        return t
+    import torch.distributed as dist
+
+    buf = t.to(_collective_device()).clone()
+    dist.all_reduce(buf)
+    return buf.to(t.device)
+
+
+def _all_reduce_parts(D: Tensor, dist_ctx: _Dist) -> Tensor:
+    """Combine the ranks' partial matrices (NaN = not computed there): every entry is computed on
+    at most one rank, so a sum of the parts (0 elsewhere) reproduces it bit for bit."""
+    import torch.distributed as dist
+
+    dev = _collective_device()
+    have = ~torch.isnan(D)
+    vals = torch.where(have, D, torch.zeros_like(D)).to(dev)
+    count = have.to(dtype=torch.int32, device=dev)
+    dist.all_reduce(vals)
+    dist.all_reduce(count)
+    vals, count = vals.cpu(), count.cpu()
+    return torch.where(count > 0, vals, torch.full_like(vals, math.nan))
+
+
+def rank_checkpoint_path(path: str | os.PathLike, rank: int, world: int) -> Path:
+    """The checkpoint file of rank ``rank`` of ``world``: ``ckpt.pt -> ckpt.rank0of2.pt``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.rank{rank}of{world}{p.suffix}")
+
+
+# ---------------------------------------------------------------------------- resume
 def _config_key(wa: Tensor, wb: Tensor, *parts: object) -> str:
     h = hashlib.sha256()
     for w in (wa, wb):
@@ -678,7 +600,13 @@ def _config_key(wa: Tensor, wb: Tensor, *parts: object) -> str:
 def _load_checkpoint(path: str | os.PathLike | None, key: str | None) -> dict | None:
     if path is None or not Path(path).exists():
         return None
-    state = torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read: it is empty or corrupt ({type(e).__name__}); "
+            "delete it and rerun (the computation restarts from the beginning)."
+        ) from e
     if not isinstance(state, dict) or state.get("key") != key:
         raise ValueError(
             f"checkpoint {str(path)!r} was written for other images or arguments; delete it or "
@@ -690,6 +618,8 @@ def _load_checkpoint(path: str | os.PathLike | None, key: str | None) -> dict | 
 def _save_checkpoint(path: str | os.PathLike | None, state: dict) -> None:
     if path is None:
         return
+    # exist_ok: under torchrun every rank may create the folder at the same moment
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint

@@ -5,6 +5,8 @@
 * ``"online"``: KeOps ``LazyTensor`` reductions, ``O(N + M)`` memory (needs pykeops and a
   working compiler; built-in costs only);
 * ``"chunked"``: pure torch, row blocks of at most 64 MiB, ``O(block x M)`` memory, any cost;
+* :class:`GridPairsBackend` (``grid.py``): batches of pairs of images on one pixel grid, used by
+  :func:`torchuot.images.pairwise_distances` (not selectable by name: it needs a grid);
 * ``"auto"`` (default): ``"tensorized"`` when one ``B x N x M`` matrix of the inputs' dtype
   takes at most :data:`AUTO_DENSE_MAX_BYTES` (512 MiB: ``B N M <= 2**27`` in float32, e.g.
   ``N = M = 11,585``; ``2**26`` in float64, ``N = M = 8,192``), else ``"online"`` if KeOps
@@ -22,6 +24,7 @@ import warnings
 from .._typing import Tensor
 from ..costs import Cost, HKConeCost, PowerCost, SquaredEuclidean
 from .chunked import ChunkedBackend
+from .grid import GridPairsBackend
 from .keops import KeOpsBackend, keops_status
 from .tensorized import TensorizedBackend, safe_log, safe_logsumexp
 
@@ -29,6 +32,7 @@ __all__ = [
     "TensorizedBackend",
     "ChunkedBackend",
     "KeOpsBackend",
+    "GridPairsBackend",
     "resolve_backend",
     "auto_backend_name",
     "keops_status",

@@ -55,32 +55,54 @@ def load_images(dataset: str, n: int, *, root: str | Path | None = None, seed: i
     return torch.tensor(X[take], dtype=torch.float32) / 255.0, y[take]
 
 
-def distance_matrices(images: torch.Tensor, *, kappa: float, blur: float, tol: float,
-                      cache: Path | None = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """Euclidean, W2 and HK ``(n, n)`` matrices (cached in ``cache`` as ``.npy`` files)."""
-    out = {}
+def matrix_path(cache: Path, name: str, *, n: int, kappa: float, blur: float, tol: float) -> Path:
+    """Cache file of one ``(n, n)`` matrix: Euclidean / W2 (blur) / HK (kappa, blur)."""
+    tag = {"Euclidean": "", "W2": f"_blur{blur:g}", "HK": f"_kappa{kappa:g}_blur{blur:g}"}[name]
+    return cache / f"D_{name}{tag}_n{n}_tol{tol:g}.npy"
+
+
+def metric_matrix(images: torch.Tensor, name: str, *, kappa: float, blur: float, tol: float,
+                  cache: Path | None = None, progress: bool = False,
+                  distributed: bool | None = None) -> np.ndarray:
+    """One ``(n, n)`` distance matrix (``name`` in Euclidean / W2 / HK), cached as ``.npy``.
+
+    The partial matrix is checkpointed after every block of pairs next to the cache file (one
+    checkpoint per rank under ``torchrun``), so an interrupted run resumes where it stopped.
+    """
     spec = {"Euclidean": dict(metric="euclidean"),
             "W2": dict(metric="w2", blur=blur, tol=tol),
-            "HK": dict(metric="hk", kappa=kappa, blur=blur, tol=tol)}
-    for name, kw in spec.items():
-        tag = {"Euclidean": "", "W2": f"_blur{blur:g}", "HK": f"_kappa{kappa:g}_blur{blur:g}"}[name]
-        path = None if cache is None else cache / f"D_{name}{tag}_n{len(images)}_tol{tol:g}.npy"
-        if path is not None and path.exists():
-            out[name] = np.load(path)
-            continue
-        t0 = time.perf_counter()
-        # A partial matrix is checkpointed next to the cache, so an interrupted run resumes.
-        ckpt = None if path is None or name == "Euclidean" else path.with_suffix(".partial.pt")
-        if ckpt is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        out[name] = pairwise_distances(images, progress=progress, checkpoint=ckpt, **kw).double().numpy()
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
-        _log.info("%s distances of %d images: %.1fs", name, len(images), time.perf_counter() - t0)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, out[name])
-    return out
+            "HK": dict(metric="hk", kappa=kappa, blur=blur, tol=tol)}[name]
+    path = None if cache is None else matrix_path(cache, name, n=len(images), kappa=kappa, blur=blur, tol=tol)
+    if path is not None and path.exists():
+        return np.load(path)
+    t0 = time.perf_counter()
+    ckpt = None if path is None or name == "Euclidean" else path.with_suffix(".partial.pt")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if distributed is None else {"distributed": distributed}
+    D = pairwise_distances(images, progress=progress, checkpoint=ckpt, **spec, **extra).double().numpy()
+    _log.info("%s distances of %d images (kappa=%g, blur=%g): %.1fs", name, len(images), kappa, blur,
+              time.perf_counter() - t0)
+    if path is not None and _is_rank0():
+        np.save(path, D)
+        for stale in path.parent.glob(path.with_suffix("").name + ".partial*.pt"):
+            stale.unlink()
+    return D
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def distance_matrices(images: torch.Tensor, *, kappa: float, blur: float, tol: float,
+                      cache: Path | None = None, progress: bool = False,
+                      distributed: bool | None = None) -> dict[str, np.ndarray]:
+    """Euclidean, W2 and HK ``(n, n)`` matrices (cached in ``cache`` as ``.npy`` files)."""
+    return {name: metric_matrix(images, name, kappa=kappa, blur=blur, tol=tol, cache=cache,
+                                progress=progress, distributed=distributed)
+            for name in ("Euclidean", "W2", "HK")}
 
 
 def embed_all(D: np.ndarray, dim: int, *, n_neighbors: int, seed: int) -> dict[str, np.ndarray]:
