@@ -9,6 +9,7 @@ import torch
 from torchuot.joint import (
     chain_sinkhorn,
     custom_space,
+    embedding_spread,
     ew_lambda_embedding,
     foscttm,
     grid_space,
@@ -170,7 +171,9 @@ def _sheet(n: int, seed: int, noise: float = 0.0):
 
 def test_objective_decreases_monotonically():
     Dx, Dy = _sheet(40, 0, noise=0.02)
-    res = ew_lambda_embedding(Dx, None, Dy, None, grid_space(6), lam=1.0, eps=1e-2, n_outer=8, tol=1e-9)
+    # The claim is about plain block-coordinate descent (no relaxation), so damping=0.0.
+    res = ew_lambda_embedding(Dx, None, Dy, None, grid_space(6), lam=1.0, eps=1e-2, n_outer=8, tol=1e-9,
+                              damping=0.0)
     obj = res.objective
     assert obj.shape == (8,) and res.n_outer == 8
     steps = obj[1:] - obj[:-1]
@@ -300,3 +303,65 @@ def test_knn_geodesics_disconnected():
         knn_geodesic_distances(x, k=4)
     with pytest.raises(ValueError, match="method"):
         knn_geodesic_distances(x, k=1, method="dijkstra")
+
+
+# ------------------------------------------------------------------ damping (issue 16)
+def _gaussian_pair(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, 10, generator=g, dtype=F64)
+    Y = X + 0.5 * torch.randn(40, 10, generator=g, dtype=F64)
+    Dx, Dy = torch.cdist(X, X), torch.cdist(Y, Y)
+    return Dx / Dx.max(), Dy / Dy.max()
+
+
+def test_damping_removes_the_two_cycle():
+    # Undamped block-coordinate descent settles on a 2-cycle here (as on MNIST): F(pi_k)
+    # alternates between two values, pi_{k+2} = pi_k. The default damping must converge to one
+    # state with a lower energy than either state of the cycle.
+    Dx, Dy = _gaussian_pair(5)
+    kw = dict(lam=1.0, eps=5e-3, n_outer=24, tol=1e-6)
+    plain = ew_lambda_embedding(Dx, None, Dy, None, grid_space(6), damping=0.0, **kw)
+    e = plain.energy
+    assert float((e[-1] - e[-2]).abs()) > 0.05            # the two states differ ...
+    assert float((e[-1] - e[-3]).abs()) < 0.05 * float((e[-1] - e[-2]).abs())  # ... and repeat
+    damped = ew_lambda_embedding(Dx, None, Dy, None, grid_space(6), **kw)  # default damping
+    d = damped.energy
+    assert float((d[-1] - d[-2]).abs()) < 0.01
+    assert float(d[-1]) < 0.8 * float(torch.minimum(e[-1], e[-2]))
+    with pytest.raises(ValueError, match="damping"):
+        ew_lambda_embedding(Dx, None, Dy, None, grid_space(3), lam=1.0, eps=1e-2, damping=1.0)
+
+
+def test_positive_control_same_view_twice():
+    # The same view twice must align: FOSCTTM ~ 0 (ties counted half, so a collapse cannot pass)
+    # with a spread-out embedding.
+    Dx, _ = _gaussian_pair(1)
+    res = ew_lambda_embedding(Dx, None, Dx.clone(), None, grid_space(6), lam=1.0, eps=1e-2, n_outer=10,
+                              tol=1e-6)
+    assert float(foscttm(res.projection_x, res.projection_y, ties="half")) < 0.01
+    assert float(embedding_spread(res.projection_x, res.space.points)) > 0.3
+
+
+def test_init_from_couplings_reproduces_them():
+    Dx, Dy = _sheet(20, 4, noise=0.02)
+    Z = grid_space(4)
+    first = ew_lambda_embedding(Dx, None, Dy, None, Z, lam=1.0, eps=1e-2, n_outer=3, damping=0.0)
+    # Restart from the result's couplings: the next step is the same as continuing the run.
+    cont = ew_lambda_embedding(Dx, None, Dy, None, Z, lam=1.0, eps=1e-2, n_outer=4, damping=0.0)
+    again = ew_lambda_embedding(Dx, None, Dy, None, Z, lam=1.0, eps=1e-2, n_outer=1, damping=0.0,
+                                init=(first.coupling_x, first.coupling_y))
+    torch.testing.assert_close(again.coupling_x, cont.coupling_x, atol=5e-5, rtol=0)  # entries ~3e-3
+    fresh = ew_lambda_embedding(Dx, None, Dy, None, Z, lam=1.0, eps=1e-2, n_outer=1, damping=0.0)
+    assert float((fresh.coupling_x - cont.coupling_x).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="coupling_x"):
+        ew_lambda_embedding(Dx, None, Dy, None, Z, lam=1.0, eps=1e-2,
+                            init=(first.coupling_x[:5], first.coupling_y))
+
+
+def test_grid_space_in_three_dimensions():
+    G = grid_space(3, 3)
+    assert G.points.shape == (27, 3) and G.distances.shape == (27, 27)
+    assert float(G.distances.max()) == pytest.approx(math.sqrt(3))
+    assert float(G.weights.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="dim"):
+        grid_space(3, 0)

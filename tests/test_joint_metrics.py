@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from torchuot.joint import foscttm, foscttm_from_distances, knn_label_transfer_accuracy, knn_predict
+from torchuot.joint import (
+    cube_symmetries,
+    embedding_spread,
+    foscttm,
+    foscttm_best_symmetry,
+    foscttm_from_distances,
+    knn_label_transfer_accuracy,
+    knn_predict,
+)
 
 
 def test_foscttm_perfect_and_reversed():
@@ -84,3 +92,57 @@ def test_knn_errors():
         knn_predict(x, torch.zeros(4, dtype=torch.long), torch.zeros(2, 3), k=1)
     with pytest.raises(ValueError, match="query_labels"):
         knn_label_transfer_accuracy(x, torch.zeros(4, dtype=torch.long), x, torch.zeros(3), k=1)
+
+
+# ------------------------------------------------------------------ issue 16: ties, symmetries, spread
+def test_foscttm_half_ties_scores_a_collapse_at_chance():
+    x = torch.zeros(5, 2, dtype=torch.float64)
+    assert float(foscttm(x, x, ties="half")) == pytest.approx(0.5)
+    # One tie per row: x = (0, 1, 2), y = (0, 1, 1) -> d row 1: |1-0|, |1-1|, |1-1|: partner at 0,
+    # one other at 0 -> 1/2. Hand count: rows (0, 0.5, 0.5 + 1 (y_1=1 is closer? no: d=1 vs 1: tie
+    # -> 0.5) ...) computed below from the definition instead of trusting the comment.
+    xs = torch.tensor([[0.0], [1.0], [2.0]], dtype=torch.float64)
+    ys = torch.tensor([[0.0], [1.0], [1.0]], dtype=torch.float64)
+    d = torch.cdist(xs, ys)
+    # rows: i=0: d=[0,1,1], partner 0 -> 0. i=1: d=[1,0,0], partner 0, one tie -> 0.5.
+    # i=2: d=[2,1,1], partner 1, one tie (j=1) -> 0.5.  rows mean = 1/3
+    # cols: j=0: [0,1,2] partner 0 -> 0. j=1: [1,0,1] partner 0 -> 0. j=2: [1,0,1] partner 1:
+    # j... closer: x_1 (0) -> 1, tie: x_0 (1) -> 0.5 -> 1.5.  cols mean = 0.5
+    expected = 0.5 * (1 / 3 + 0.5) / 2
+    assert float(foscttm_from_distances(d, ties="half")) == pytest.approx(expected)
+    assert float(foscttm(xs, ys, ties="half")) == pytest.approx(expected)
+    # strict counting: rows (0, 0, 0) and cols (0, 0, 1) -> (0 + 1/3) / 2 / 2
+    assert float(foscttm(xs, ys)) == pytest.approx(0.5 * (0 + 1 / 3) / 2)
+    with pytest.raises(ValueError, match="ties"):
+        foscttm(xs, ys, ties="random")
+
+
+def test_foscttm_best_symmetry_finds_the_mirror():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 2, generator=g, dtype=torch.float64)
+    mirror = x.clone()
+    mirror[:, 0] = 1 - mirror[:, 0]                  # reflected about u = 0.5
+    rot = torch.stack([1 - x[:, 1], x[:, 0]], 1)     # rotated by 90 degrees about the centre
+    G = cube_symmetries(2)
+    assert G.shape == (8, 2, 2)
+    torch.testing.assert_close(G[0], torch.eye(2, dtype=torch.float64))
+    assert float(foscttm(x, mirror)) > 0.1 and float(foscttm(x, rot)) > 0.1
+    for y in (mirror, rot):
+        value, index = foscttm_best_symmetry(x, y, G, 0.5)
+        assert float(value) == 0.0 and index != 0
+    value, index = foscttm_best_symmetry(x, x.clone(), G, 0.5)
+    assert float(value) == 0.0 and index == 0   # identity first: ties go to it
+    assert cube_symmetries(3).shape == (48, 3, 3)
+    with pytest.raises(ValueError, match="symmetries"):
+        foscttm_best_symmetry(x, x, torch.eye(3)[None], 0.5)
+    with pytest.raises(ValueError, match="orthogonal"):
+        foscttm_best_symmetry(x, x, 2 * torch.eye(2, dtype=torch.float64)[None], 0.5)
+
+
+def test_embedding_spread():
+    pts = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    assert float(embedding_spread(pts)) == pytest.approx(1.0)
+    assert float(embedding_spread(pts, 2 * pts)) == pytest.approx(0.5)
+    assert float(embedding_spread(torch.ones(4, 2, dtype=torch.float64), pts)) == 0.0
+    with pytest.raises(ValueError, match="reference"):
+        embedding_spread(pts, torch.zeros(3, 2, dtype=torch.float64))

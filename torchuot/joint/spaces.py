@@ -5,7 +5,8 @@ coordinates (used for barycentric projections and pictures), an ``(M, M)`` dista
 (the metric the embedding is measured in), and reference weights ``zeta`` (uniform by
 default). Built-in spaces:
 
-* :func:`grid_space` -- the regular ``n x n`` grid on ``[0, 1]^2`` with Euclidean distances;
+* :func:`grid_space` -- the regular ``n x n`` grid on ``[0, 1]^2`` (or ``n^dim`` on ``[0, 1]^dim``)
+  with Euclidean distances;
 * :func:`sphere_space` -- a Fibonacci lattice of ``n`` near-uniform points on the unit sphere
   ``S^2 in R^3`` with great-circle (geodesic) distances ``arccos(<z, z'>)``;
 * :func:`torus_space` -- the ``n x n`` grid on the flat torus ``R^2 / Z^2`` with its geodesic
@@ -35,8 +36,8 @@ class TargetSpace:
         distances: ``(M, M)`` symmetric distance matrix with a zero diagonal.
         weights: ``(M,)`` positive reference weights ``zeta`` (sum 1 for built-in spaces).
         name: ``"grid"``, ``"sphere"``, ``"torus"`` or ``"custom"``.
-        params: ``(M, 2)`` intrinsic coordinates (grid/torus: ``(u, v)``; sphere: (polar,
-            azimuth) angles) for plotting, or ``None``.
+        params: intrinsic coordinates for plotting, or ``None``: ``(M, dim)`` for a grid,
+            ``(M, 2)`` otherwise (torus: ``(u, v)``; sphere: (polar, azimuth) angles).
     """
 
     points: Tensor
@@ -120,21 +121,26 @@ def _uniform(M: int, dtype: torch.dtype, device: torch.device | str | None) -> T
     return torch.full((M,), 1.0 / M, dtype=dtype, device=device)
 
 
-def grid_space(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
-               ) -> TargetSpace:
-    """The ``n x n`` grid on ``[0, 1]^2`` with Euclidean distances; ``M = n^2`` points.
+def grid_space(n: int, dim: int = 2, *, dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> TargetSpace:
+    """The regular grid with ``n`` points per side on ``[0, 1]^dim``, Euclidean distances.
 
     Args:
-        n: points per side (``>= 2``).
+        n: points per side (``>= 2``). dim: dimension (``>= 1``); ``M = n^dim`` points.
     Returns:
-        A :class:`TargetSpace` with ``points: (n^2, 2)`` (row-major: ``u`` varies slowest).
+        A :class:`TargetSpace` with ``points: (n^dim, dim)`` (row-major: the first coordinate
+        varies slowest).
     """
     n = _check_n(n, "n")
+    dim = _check_n(dim, "dim", 1)
+    if n**dim > 200_000:
+        raise ValueError(f"grid_space: n^dim = {n}^{dim} = {n**dim} points is too many for a dense "
+                         "(M, M) distance matrix; use fewer points per side or a lower dim.")
     t = torch.linspace(0, 1, n, dtype=dtype, device=device)
-    uu, vv = torch.meshgrid(t, t, indexing="ij")
-    pts = torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=1)
+    axes = torch.meshgrid(*([t] * dim), indexing="ij")
+    pts = torch.stack([a.reshape(-1) for a in axes], dim=1)
     D = torch.cdist(pts, pts)
-    return TargetSpace(pts, D, _uniform(n * n, dtype, device), "grid", pts.clone())
+    return TargetSpace(pts, D, _uniform(n**dim, dtype, device), "grid", pts.clone())
 
 
 def sphere_space(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
