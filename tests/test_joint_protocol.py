@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
@@ -13,7 +12,7 @@ from conftest import REPO
 def test_joint_protocol_runs_end_to_end(tmp_path, shared_data):
     cmd = [sys.executable, "-W", "ignore", "-m", "training.experiments.joint_protocol",
            "--seeds", "0", "--mnist-n", "60", "--lams", "1", "--epss", "0.01", "--grids", "6",
-           "--grid3", "3", "--n-outer", "3", "--shapes-n", "60", "--jmds-iter", "2",
+           "--grids3", "3", "--n-outer", "3", "--shapes-n", "60", "--jmds-iter", "2",
            "--ceiling-dims", "1", "2", "--data-root", str(shared_data), "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

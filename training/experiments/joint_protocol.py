@@ -17,7 +17,8 @@ Parts (``--parts``):
   into R^d: SMACOF MDS of each view's distances, then the orthogonal Procrustes map with the
   TRUE pairs; FOSCTTM as a function of d.
 * ``shapes``: the paper's synthetic pair (a bent rectangle in R^3 against a Swiss roll with a
-  hole, sharing their (u, v) parameters), into the grid, the sphere and the torus; baselines.
+  hole, both isometric to one flat rectangle, sharing their (u, v) samples), into the grid,
+  the sphere and the torus; baselines.
 
 Writes ``<out>/joint_study_protocol.md`` / ``.json`` and PNG figures.
 Usage: ``python -m training.experiments.joint_protocol --help``.
@@ -143,27 +144,40 @@ def part_mnist(args, root: Path) -> dict:
         n_val = max(2, round(args.val_frac * n))
         val, test = perm[:n_val], perm[n_val:]
         search = []
-        for grid, lam, eps in itertools.product(args.grids, args.lams, args.epss):
-            space = grid_space(grid)
+        configs = [(2, g) for g in args.grids] + [(3, g) for g in args.grids3]
+        for (dim, grid), lam, eps in itertools.product(configs, args.lams, args.epss):
+            space = grid_space(grid, dim)
             info, res = run_ew(Dx, Dy, space, lam, eps, args.n_outer)
             v = _scores(res.projection_x, res.projection_y, val, space)
-            search.append({"grid": grid, "lam": lam, "eps": eps, "val_foscttm": v["foscttm"], **info})
+            search.append(
+                {"dim": dim, "grid": grid, "lam": lam, "eps": eps, "val_foscttm": v["foscttm"], **info}
+            )
             print(
-                f"seed {seed} grid {grid} lam {lam} eps {eps}: val {v['foscttm']:.3f} "
+                f"seed {seed} grid {grid}^{dim} lam {lam} eps {eps}: val {v['foscttm']:.3f} "
                 f"({info['seconds']:.1f}s)",
                 flush=True,
             )
-        best = min(search, key=lambda r: r["val_foscttm"])
+        best = min((r for r in search if r["dim"] == 2), key=lambda r: r["val_foscttm"])
         space = grid_space(best["grid"])
+        runs = [
+            ("EW_lambda (chosen, damping 0.5)", Dy, 0.5, space, best),
+            ("EW_lambda, no damping", Dy, 0.0, space, best),
+            ("positive control (raw view twice)", Dx.clone(), 0.5, space, best),
+        ]
+        best3 = min((r for r in search if r["dim"] == 3), key=lambda r: r["val_foscttm"], default=None)
+        if best3 is not None:
+            runs.append(("EW_lambda, 3-D grid (own search)", Dy, 0.5, grid_space(best3["grid"], 3), best3))
         rows = []
-        for label, Dy_, damping, sp in (
-            ("EW_lambda (chosen, damping 0.5)", Dy, 0.5, space),
-            ("EW_lambda, no damping", Dy, 0.0, space),
-            ("positive control (raw view twice)", Dx.clone(), 0.5, space),
-            (f"EW_lambda, 3-D grid {args.grid3}^3", Dy, 0.5, grid_space(args.grid3, 3)),
-        ):
-            info, res = run_ew(Dx, Dy_, sp, best["lam"], best["eps"], args.n_outer, damping)
-            rows.append({"method": label, **_scores(res.projection_x, res.projection_y, test, sp), **info})
+        for label, Dy_, damping, sp, cfg in runs:
+            info, res = run_ew(Dx, Dy_, sp, cfg["lam"], cfg["eps"], args.n_outer, damping)
+            rows.append(
+                {
+                    "method": label,
+                    "chosen": f"{cfg['grid']}^{cfg['dim']}, {cfg['lam']}, {cfg['eps']}",
+                    **_scores(res.projection_x, res.projection_y, test, sp),
+                    **info,
+                }
+            )
             if label.startswith("EW_lambda (chosen"):
                 picture = (res.projection_x, res.projection_y)
         rows += run_baselines(x, y, Dx, Dy, test, args)
@@ -175,7 +189,7 @@ def part_mnist(args, root: Path) -> dict:
                 picture,
                 np.asarray(data["labels"]),
                 args.out / "joint_protocol_mnist.png",
-                f"MNIST seed {seed}: EW_lambda, grid {best['grid']}, lam {best['lam']}, eps {best['eps']}",
+                f"MNIST seed {seed}: EW_lambda, grid {best['grid']}^2, lam {best['lam']}, eps {best['eps']}",
             )
     return out
 
@@ -198,7 +212,7 @@ def _scatter(pair, color, path: Path, title: str) -> None:
 
 
 # ------------------------------------------------------------------------------ ceiling
-def part_ceiling(args, root: Path) -> dict:
+def part_ceiling(args, root: Path, mnist: dict | None = None) -> dict:
     out = {"seeds": []}
     for seed in args.seeds:
         data = make_mnist_pair(root, args.mnist_n, seed)
@@ -228,6 +242,13 @@ def part_ceiling(args, root: Path) -> dict:
             "o-",
             label=f"seed {s['seed']}",
         )
+    if mnist is not None:  # EW_lambda's test FOSCTTM for comparison (2-D and 3-D grids)
+        for dim, key in ((2, "EW_lambda (chosen"), (3, "EW_lambda, 3-D grid")):
+            vals = [r["foscttm"] for s in mnist["seeds"] for r in s["rows"] if r["method"].startswith(key)]
+            if vals:
+                ax.plot(
+                    [dim] * len(vals), vals, "k^", ms=6, label="EW_lambda (test split)" if dim == 2 else None
+                )
     ax.axhline(0.1, color="grey", ls="--", lw=0.8, label="target 0.1")
     ax.set_xlabel("embedding dimension d")
     ax.set_ylabel("FOSCTTM (true pairs, Procrustes)")
@@ -240,22 +261,33 @@ def part_ceiling(args, root: Path) -> dict:
 
 # ------------------------------------------------------------------------------ shapes
 def make_shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A bent rectangle and a Swiss roll with a hole from the same ``(u, v)`` samples.
+    """A bent rectangle and a Swiss roll with a hole, both isometric to one flat rectangle.
 
-    ``(u, v)`` uniform on ``[0, 1]^2`` minus the disc of radius 0.15 around ``(0.5, 0.5)``;
-    bent rectangle ``(3 u, v, sin(pi u))``; Swiss roll ``t = 1.5 pi (1 + 2 u)``,
-    ``(t cos t, 10 v, t sin t) / 10``. Returns ``x: (n, 3)``, ``y: (n, 3)``, ``uv: (n, 2)``.
+    ``(u, v)`` uniform on ``[0, 1]^2`` minus the disc of radius 0.15 around ``(0.3, 0.6)`` (off
+    centre, so the rectangle's reflections do not map the sample onto itself); the flat
+    rectangle is ``[0, 3] x [0, 1]`` (arc length ``s = 3 u``, height ``v``). Bent rectangle: ``s``
+    along a circular arc of 135 degrees; Swiss roll: ``s`` along the spiral ``r = 0.1 theta``
+    from ``theta = 1.5 pi`` (its arc length inverted numerically). Row ``i`` of both is the same
+    ``(u, v)``. Returns ``x: (n, 3)``, ``y: (n, 3)``, ``uv: (n, 2)``.
     """
     g = torch.Generator().manual_seed(seed)
     uv = torch.empty(0, 2, dtype=F64)
     while uv.shape[0] < n:
         c = torch.rand(4 * n, 2, generator=g, dtype=F64)
-        c = c[(c - 0.5).norm(dim=1) > 0.15]
+        c = c[(c - torch.tensor([0.3, 0.6], dtype=F64)).norm(dim=1) > 0.15]
         uv = torch.cat([uv, c])[:n]
-    u, v = uv[:, 0], uv[:, 1]
-    x = torch.stack([3 * u, v, torch.sin(math.pi * u)], 1)
-    t = 1.5 * math.pi * (1 + 2 * u)
-    y = torch.stack([t * torch.cos(t), 10 * v, t * torch.sin(t)], 1) / 10
+    L, a, th0 = 3.0, 0.1, 1.5 * math.pi
+    s, v = L * uv[:, 0], uv[:, 1]
+    R = L / (0.75 * math.pi)
+    x = torch.stack([R * torch.sin(s / R), v, R * (1 - torch.cos(s / R))], 1)
+
+    def arc(th: torch.Tensor) -> torch.Tensor:  # arc length of r = a theta from 0
+        return 0.5 * a * (th * torch.sqrt(1 + th**2) + torch.asinh(th))
+
+    grid = torch.linspace(th0, th0 + 10.0, 20001, dtype=F64)
+    target = arc(torch.tensor(th0, dtype=F64)) + s
+    th = grid[torch.searchsorted(arc(grid), target).clamp_max(grid.numel() - 1)]
+    y = torch.stack([a * th * torch.cos(th), v, a * th * torch.sin(th)], 1)
     return x, y, uv
 
 
@@ -317,6 +349,7 @@ def _shape_figure(x, y, uv, pictures, path: Path) -> None:
                 ax.scatter(e[:, 0], e[:, 1], e[:, 2], c=color, s=3, cmap="viridis")
             else:
                 ax.scatter(e[:, 0].numpy(), e[:, 1].numpy(), c=color, s=3, cmap="viridis")
+                ax.set_aspect("equal")
             ax.set_title(f"EW_lambda into {name}: {view}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
@@ -345,22 +378,22 @@ def write_report(res: dict, args) -> None:
         L += [
             "## MNIST raw vs rotated + blurred",
             "",
-            f"Validation search over grid {args.grids} x lambda {args.lams} x eps {args.epss} on "
+            f"Validation search over grid {args.grids} (2-D) and {args.grids3} (3-D, chosen separately) x "
+            f"lambda {args.lams} x eps {args.epss} on "
             f"{round(100 * args.val_frac)}% of the pairs; FOSCTTM below is on the other pairs (test).",
             "",
-            "| seed | chosen (grid, lambda, eps) | method | FOSCTTM | strict | sym | spread x / y | W | GW_x "
+            "| seed | method | chosen (grid, lambda, eps) | FOSCTTM | strict | sym | spread x / y | W | GW_x "
             "| s |",
             "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
         ]
         for s in res["mnist"]["seeds"]:
-            c = s["chosen"]
             for r in s["rows"]:
                 spread = f"{r['spread_x']:.2f} / {r['spread_y']:.2f}" if "spread_x" in r else ""
                 sym = f"{r['foscttm_sym']:.3f}" if "foscttm_sym" in r else ""
                 w = f"{r['wasserstein']:.4f}" if "wasserstein" in r else ""
                 gw = f"{r['gw_x']:.4f}" if "gw_x" in r else ""
                 L.append(
-                    f"| {s['seed']} | {c['grid']}, {c['lam']}, {c['eps']} | {r['method']} | "
+                    f"| {s['seed']} | {r['method']} | {r.get('chosen', '')} | "
                     f"{r['foscttm']:.3f} | {r['foscttm_strict']:.3f} | {sym} | {spread} | {w} | {gw} | "
                     f"{r['seconds']:.1f} |"
                 )
@@ -435,15 +468,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grids", nargs="+", type=int, default=[20])
     ap.add_argument("--lams", nargs="+", type=float, default=[0.3, 1.0, 3.0])
     ap.add_argument("--epss", nargs="+", type=float, default=[2e-3, 5e-3])
-    ap.add_argument("--grid3", type=int, default=8, help="points per side of the 3-D grid")
+    ap.add_argument(
+        "--grids3",
+        nargs="*",
+        type=int,
+        default=[8],
+        help="points per side of the 3-D grids searched (none: no 3-D row)",
+    )
     ap.add_argument("--n-outer", type=int, default=30)
     ap.add_argument("--gw-eps", type=float, default=5e-3)
     ap.add_argument("--jmds-eps", type=float, default=1e-3)
     ap.add_argument("--jmds-iter", type=int, default=10)
     ap.add_argument("--ceiling-dims", nargs="+", type=int, default=[1, 2, 3, 4, 6])
-    ap.add_argument("--shapes-n", type=int, default=200)
-    ap.add_argument("--shapes-lam", type=float, default=1.0)
-    ap.add_argument("--shapes-eps", type=float, default=5e-3)
+    ap.add_argument("--shapes-n", type=int, default=300)
+    ap.add_argument("--shapes-lam", type=float, default=3.0)
+    ap.add_argument("--shapes-eps", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("results"))
@@ -458,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
             if part == "mnist":
                 res["mnist"] = part_mnist(args, root)
             elif part == "ceiling":
-                res["ceiling"] = part_ceiling(args, root)
+                res["ceiling"] = part_ceiling(args, root, res.get("mnist"))
             else:
                 res["shapes"] = part_shapes(args)
         except DataNotFoundError as err:
