@@ -15,6 +15,11 @@ problems plus N self problems.
 
 Accuracy gap: max relative difference of the squared distances to torchuot's on the pairs
 that the reference computed. Run: ``python benchmarks/bench_pairwise.py --n 200``.
+
+``--ranks 1 2`` instead times ``pairwise_distances(distributed=True)`` under
+``torchrun --standalone --nproc_per_node K`` (gloo, CPU; one torch thread per rank): each
+rank's wall time for the whole call (its share of the pairs, then the all-reduce), and checks
+that the K-rank matrix equals the one-rank matrix.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import json
 import resource
+import shutil
+import subprocess
+import sys
 import time
 import warnings
 
@@ -139,6 +148,63 @@ def geomloss_batched(imgs: torch.Tensor, metric: str, kappa: float, blur: float,
     return t / B * (N * (N - 1) / 2), vals.double()
 
 
+_WORKER_ENV = "BENCH_PAIRWISE_WORKER"
+
+
+def rank_worker(N: int, metric: str, kappa: float, blur: float, tol: float, block: int, out: str) -> None:
+    """One torchrun rank: time the distributed call, write its time (and rank 0 the matrix)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    root = os.environ.get("TORCHUOT_DATA_ROOT") or default_data_root()
+    X, _ = load_mnist(root, "test")
+    imgs = torch.tensor(X[:N], dtype=torch.float32) / 255
+    t0 = time.perf_counter()
+    D = pairwise_distances(imgs, metric=metric, kappa=kappa, blur=blur, tol=tol, block_size=block,
+                           distributed=True)
+    t = time.perf_counter() - t0
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    with open(f"{out}.rank{rank}.json", "w") as fh:
+        json.dump({"rank": rank, "seconds": t}, fh)
+    if rank == 0:
+        torch.save(D, f"{out}.pt")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def bench_ranks(a) -> None:
+    import tempfile
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    print(f"pairwise_distances(distributed=True), torchrun --standalone, gloo, 1 torch thread per rank; "
+          f"kappa={a.kappa} px, blur={a.blur} px, tol={a.tol}, block {a.block}")
+    print("| N | metric | ranks | per-rank wall time (s) | speed-up | max diff vs 1 rank |")
+    print("|---|---|---|---|---|---|")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for N in a.n:
+            for metric in a.metrics:
+                base_t = base_D = None
+                for K in a.ranks:
+                    out = os.path.join(tmp, f"{metric}{N}_{K}")
+                    cmd = [torchrun, "--standalone", "--nproc_per_node", str(K), __file__]
+                    # the worker's settings travel in the environment (torchrun would take options
+                    # such as --n for its own abbreviations)
+                    job = dict(N=N, metric=metric, kappa=a.kappa, blur=a.blur, tol=a.tol, block=a.block, out=out)
+                    r = subprocess.run(cmd, env={**env, _WORKER_ENV: json.dumps(job)}, capture_output=True,
+                                       text=True)
+                    if r.returncode:
+                        raise RuntimeError(f"torchrun with {K} ranks failed:\n{r.stderr[-3000:]}")
+                    times = [json.load(open(f"{out}.rank{r}.json"))["seconds"] for r in range(K)]
+                    D = torch.load(f"{out}.pt")
+                    t = max(times)
+                    if base_t is None:
+                        base_t, base_D = t, D
+                    diff = float((D - base_D).abs().max())
+                    print(f"| {N} | {metric} | {K} | {t:.1f} ({', '.join(f'{x:.1f}' for x in times)}) "
+                          f"| {base_t / t:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, nargs="+", default=[200])
@@ -153,7 +219,17 @@ def main() -> None:
     p.add_argument("--grid-pairs", type=int, default=4, help="pairs timed for POT on the whole grid")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
+    p.add_argument("--ranks", type=int, nargs="+", default=None,
+                   help="time the distributed run with these numbers of torchrun ranks (e.g. 1 2)")
+    if _WORKER_ENV in os.environ:  # launched by bench_ranks under torchrun
+        rank_worker(**json.loads(os.environ[_WORKER_ENV]))
+        return
     a = p.parse_args()
+    if a.data_root:
+        os.environ["TORCHUOT_DATA_ROOT"] = a.data_root
+    if a.ranks:
+        bench_ranks(a)
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     root = a.data_root or os.environ.get("TORCHUOT_DATA_ROOT") or default_data_root()

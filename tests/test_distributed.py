@@ -64,3 +64,27 @@ def test_killed_rank_resumes_from_its_checkpoint(tmp_path, one_process):
 
 def test_rank_checkpoint_path():
     assert rank_checkpoint_path("a/b/D.partial.pt", 1, 4) == Path("a/b/D.partial.rank1of4.pt")
+
+
+@pytest.mark.slow
+def test_study_runner_under_torchrun(tmp_path, shared_data):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHUOT_DATA_ROOT": str(shared_data),
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    args = ["--dataset", "pneumoniamnist", "--n-images", "12", "--pool", "16", "--seeds", "2", "--alpha", "0.9",
+            "--dim", "2", "--tol", "1e-3", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+            "--distributed"]
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "training.experiments.hk_embeddings", *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=HERE.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "hk_embeddings_pneumoniamnist.md").exists()
+    cache = tmp_path / "cache" / "pneumoniamnist_pool16"
+    # the 2-rank matrices equal one process's
+    from training.experiments import hk_embeddings as hk
+
+    X, _ = hk.load_images("pneumoniamnist", 16, root=shared_data)
+    D = pairwise_distances(X, metric="hk", kappa=2.0, blur=1.0, tol=1e-3).double().numpy()
+    D2 = __import__("numpy").load(cache / "D_HK_kappa2_blur1_n16_tol0.001.npy")
+    assert abs(D2 - D).max() < 1e-4  # float32 blocks split differently across ranks
+    assert not list(cache.glob("*.partial*.pt"))  # per-rank checkpoints removed once saved
