@@ -54,7 +54,7 @@ def test_joint_mds_aligns_a_permuted_copy():
     D = torch.cdist(X, X)
     perm = torch.randperm(20, generator=torch.Generator().manual_seed(4))
     inv = torch.argsort(perm)
-    res = joint_mds(D, D[perm][:, perm], eps=1e-3, gw_eps=1e-2, lam=1.0, n_iter=8)
+    res = joint_mds(D, D[perm][:, perm], eps=1e-3, gw_eps=1e-2, lam=1.0, n_iter=5)
     assert torch.equal(res.coupling.argmax(1), inv)
     assert float(foscttm(res.x_embedding, res.y_embedding[inv])) == 0.0
     Zx = res.x_embedding
@@ -67,8 +67,9 @@ def test_gw_coupling_has_the_marginals_and_lowers_the_gw_energy():
     D = torch.cdist(X, X)
     a = torch.full((15,), 1 / 15, dtype=F64)
     pi = entropic_gromov_wasserstein(D, D, eps=1e-2)
-    torch.testing.assert_close(pi.sum(1), a, atol=1e-6, rtol=0)
-    torch.testing.assert_close(pi.sum(0), a, atol=1e-6, rtol=0)
+    # marginals to the inner Sinkhorn's tolerance (potentials stop moving by 1e-4 eps)
+    torch.testing.assert_close(pi.sum(1), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pi.sum(0), a, atol=1e-5, rtol=0)
 
     def energy(p):
         return float((gw_linear_cost(D, D, p) * p).sum())

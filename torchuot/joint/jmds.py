@@ -147,7 +147,7 @@ def smacof(D: Tensor, W: Tensor, init: Tensor, *, max_iter: int = 100, tol: floa
 
 
 def entropic_gromov_wasserstein(D1: Tensor, D2: Tensor, a: Tensor | None = None, b: Tensor | None = None,
-                                *, eps: float = 5e-3, n_outer: int = 50, tol: float = 1e-7) -> Tensor:
+                                *, eps: float = 5e-3, n_outer: int = 50, tol: float = 1e-6) -> Tensor:
     """Entropic GW coupling ``(N, M)`` for the square loss (Peyre, Cuturi, Solomon 2016, Prop. 2).
 
     Iterates ``pi <- Sinkhorn(2 G(pi), eps)`` with ``G = gw_linear_cost(D1, D2, pi)`` from the
@@ -160,7 +160,7 @@ def entropic_gromov_wasserstein(D1: Tensor, D2: Tensor, a: Tensor | None = None,
     pi = a[:, None] * b[None, :]
     for _ in range(n_outer):
         C = 2 * gw_linear_cost(D1, D2, pi)
-        new = sinkhorn_from_cost(C - C.min(), a, b, eps=eps, max_iter=2000, tol=1e-6).plan()
+        new = sinkhorn_from_cost(C - C.min(), a, b, eps=eps, max_iter=1000, tol=1e-4).plan()
         done = float((new - pi).abs().max()) < tol
         pi = new
         if done:
@@ -228,7 +228,7 @@ def joint_mds(D1: Tensor, D2: Tensor, a: Tensor | None = None, b: Tensor | None 
         Wj[N:, :N] = lam * pi.T
         Z, value = smacof(Dj, Wj, Z, max_iter=smacof_iter)
         C = torch.cdist(Z[:N], Z[N:]).pow(2)
-        pi = sinkhorn_from_cost(C, a, b, eps=eps, max_iter=2000, tol=1e-6).plan()
+        pi = sinkhorn_from_cost(C, a, b, eps=eps, max_iter=1000, tol=1e-4).plan()
         Wj[:N, N:] = lam * pi
         Wj[N:, :N] = lam * pi.T
         dZ = torch.cdist(Z, Z)
