@@ -186,9 +186,12 @@ def write_report(results: list[dict], args, out: Path) -> None:
                          f"W={r['wasserstein']:.3g}")
     lines += [
         "",
-        "Notes. EW_lambda runs with the default damping 0.5: the undamped outer iteration settled on",
-        "a 2-cycle between a spread and a collapsed embedding on MNIST, which is where the earlier",
-        "chance-level MNIST row (FOSCTTM 0.486) came from. One fixed setting here; the paper's",
+        "Notes. EW_lambda runs with the default damping 0.5: the undamped outer iteration settles on",
+        "a 2-cycle between a spread and a collapsed embedding on MNIST (energy 0.21 / 0.33), so its",
+        "FOSCTTM depends on the stopping parity (0.121 / 0.070 / 0.144 after 20 / 21 / 40 outer",
+        "iterations). An earlier run of this command reported 0.486 for MNIST; that value was not",
+        "reproduced, but its inner-iteration counts alternated (38, 30, 38, 29, ...) like the",
+        "2-cycle. One fixed setting here; the paper's",
         "protocol (validation search, positive control, symmetry-aware FOSCTTM, spread, the",
         "true-pairs ceiling, synthetic shapes, Joint MDS) is in `joint_study_protocol.md`",
         "(`python -m training.experiments.joint_protocol`).",
