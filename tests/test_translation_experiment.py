@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_tiny_end_to_end_run_writes_the_report(shared_data, tmp_path):
         assert saved["summary"][name]["plan_class_match"] == pytest.approx(sum(m[c][c] for c in range(3)) / 3)
     assert saved["summary"]["OT-FM"]["plan_source_ess"] == pytest.approx(1.0)
     assert 0 < saved["summary"]["UOT-FM tau=0.9"]["plan_source_ess"] < 1
-    assert res["references"]["source, untranslated"]["transport_cost"] == 0.0
+    assert res["references"]["identity: source, untranslated"]["transport_cost"] == 0.0
     oracle = res["references"]["oracle: source image in the target style (`dilate`)"]
     assert oracle["transport_cost"] > 0 and math.isfinite(oracle["feature_fid"])
     flips = res["class_flip_matrices_seed0"]["OT-FM"]
@@ -178,3 +179,33 @@ def test_shipped_translation_configs_load(path):
         assert cfg.source_proportions[0] > cfg.source_proportions[1]  # normal-heavy source
         assert cfg.target_proportions[0] < cfg.target_proportions[1]  # pneumonia-heavy target
         assert cfg.classifier_class_weight == "balanced" and cfg.description
+
+
+def test_tiny_latent_run_reports_the_new_score_and_resumes(shared_data, tmp_path):
+    kw = {**TINY, "width": 8}
+    cfg = TranslationConfig(
+        root=str(shared_data), space="latent", latent_dim=8, ae_width=4, ae_steps=3, ae_batch_size=16,
+        hidden=16, depth=1, eval_ode="dopri5", val_every=1, val_batches=1, seeds=[0, 1],
+        methods=[{"name": "OT-FM", "method": "ot"},
+                 {"name": "UOT-FM tau_a=0.9", "method": "uot", "tau_a": 0.9, "tau_b": 1.0}],
+        out_dir=str(tmp_path), **kw,
+    )
+    res = run(cfg)
+    for suffix in (".md", ".json", ".png", "_pareto.png", "_pareto_preservation.png", "_loss.png"):
+        assert (tmp_path / f"translation_mnist_latent{suffix}").stat().st_size > 0
+    assert set(res["autoencoder"]) >= {"train_mse", "val_mse", "steps"}
+    assert 0.5 <= res["domain_classifier_heldout_balanced_accuracy"] <= 1.0
+    refs = res["references"]
+    assert "identity through the autoencoder (encode, decode)" in refs and "oracle through the autoencoder" in refs
+    for r in res["runs"]:
+        assert 0 <= r["successful"] <= min(r["style_transfer"], r["class_preservation"]) <= 1
+        assert [s for s, _ in r["val_curve"]] == [1, 2]  # validation after every step
+    assert res["summary"]["OT-FM"]["seeds"] == [0, 1]
+    md = (tmp_path / "translation_mnist_latent.md").read_text()
+    assert "successful translations" in md and "identity: source, untranslated" in md
+    # a second call reuses the four cached runs instead of training again
+    cached = sorted(p.name for p in (tmp_path / ".runs_translation_mnist_latent").glob("*_seed*.pt"))
+    assert len(cached) == 4
+    again = run(dataclasses.replace(cfg, cached_only=True, seeds=[0, 1, 2]))
+    assert [r["train_time_s"] for r in again["runs"]] == [r["train_time_s"] for r in res["runs"]]
+    assert again["summary"]["OT-FM"]["seeds"] == [0, 1]

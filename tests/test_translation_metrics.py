@@ -11,6 +11,7 @@ import scipy.linalg
 import torch
 
 from models.classifier import SmallCNN
+from training.data import domain_transform
 from training.metrics import (
     accuracy,
     balanced_accuracy,
@@ -21,7 +22,10 @@ from training.metrics import (
     feature_fid,
     frechet_distance,
     gaussian_statistics,
+    predict,
     train_classifier,
+    train_domain_classifier,
+    translation_scores,
     transport_cost,
 )
 
@@ -248,3 +252,76 @@ def test_train_classifier_and_accuracy_bad_inputs():
         balanced_accuracy(SmallCNN(1, 3, width=4), torch.zeros(0, 1, 28, 28), torch.zeros(0).long())
     with pytest.raises(ValueError, match="class_weight must be"):
         train_classifier(torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 0, 1]), class_weight="inverse")
+
+
+# ---------------------------------------------------------------------------- translation score
+class _Rule(torch.nn.Module):
+    """A fixed 'classifier': logits from a rule on the images (no training)."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.rule(x)
+
+
+def test_translation_scores_arithmetic():
+    # domain: target style iff the mean pixel > 0; class: the value of pixel (0, 0) rounded, 0..2
+    dom = _Rule(lambda x: torch.stack([-x.mean((1, 2, 3)), x.mean((1, 2, 3))], 1))
+    cls = _Rule(lambda x: torch.nn.functional.one_hot(x[:, 0, 0, 0].round().long().clamp(0, 2), 3).float())
+    x = -torch.ones(4, 1, 4, 4)
+    x[:2] = 1.0  # images 0, 1 target-style
+    x[:, 0, 0, 0] = torch.tensor([1.0, 2.0, 1.0, 0.0])
+    y = torch.tensor([1, 1, 1, 0])
+    s = translation_scores(dom, cls, x, y)
+    assert s == {"style_transfer": 0.5, "class_preservation": 0.75, "successful": 0.25}
+    with pytest.raises(ValueError, match="equal length"):
+        translation_scores(dom, cls, x, y[:2])
+
+
+def _thin_and_thick(gen: torch.Generator):
+    """Source: thin shapes, class 0 in 70%; target: the same shapes dilated, class 2 in 70%."""
+    x, y = _shapes(600, gen)
+    w0 = torch.tensor([0.7, 0.15, 0.15])
+    w1 = torch.tensor([0.15, 0.15, 0.7])
+    i0 = torch.multinomial(w0[y[:300]], 240, generator=gen)
+    i1 = 300 + torch.multinomial(w1[y[300:]], 240, generator=gen)
+    thick = domain_transform("dilate", (x[i1] + 1) / 2) * 2 - 1
+    return x[i0], y[i0], thick, y[i1]
+
+
+@pytest.fixture(scope="module")
+def style_nets():
+    gen = torch.Generator().manual_seed(3)
+    x0, y0, x1, y1 = _thin_and_thick(gen)
+    dom = train_domain_classifier(x0, y0, x1, y1, epochs=2, seed=0)
+    clf = train_classifier(x1, y1, n_classes=3, epochs=2, batch_size=32, width=8, feature_dim=16, seed=0)
+    x_ev, y_ev = _shapes(150, gen)  # held-out source images, classes balanced
+    return dom, clf, x_ev, y_ev
+
+
+def test_identity_translation_is_never_successful(style_nets):
+    dom, clf, x_ev, y_ev = style_nets
+    s = translation_scores(dom, clf, x_ev, y_ev)
+    # every source class, including the target's majority class 2, is judged source-style
+    assert s["style_transfer"] <= 0.02 and s["successful"] <= 0.02
+    assert float((predict(dom, x_ev[y_ev == 2]) == 0).float().mean()) >= 0.98
+
+
+def test_exact_style_transform_is_fully_successful(style_nets):
+    dom, clf, x_ev, y_ev = style_nets
+    x_t = domain_transform("dilate", (x_ev + 1) / 2) * 2 - 1
+    s = translation_scores(dom, clf, x_t, y_ev)
+    assert s["style_transfer"] >= 0.98 and s["class_preservation"] == 1.0 and s["successful"] >= 0.98
+    # the right style with the wrong class is not a successful translation
+    swapped = x_t[torch.cat([torch.nonzero(y_ev == (c + 1) % 3).flatten()[:1] for c in y_ev.tolist()])]
+    s_swap = translation_scores(dom, clf, swapped, y_ev)
+    assert s_swap["style_transfer"] >= 0.98 and s_swap["successful"] == 0.0
+
+
+def test_domain_classifier_needs_a_shared_class():
+    x = torch.zeros(4, 1, 28, 28)
+    with pytest.raises(ValueError, match="share no class"):
+        train_domain_classifier(x, torch.zeros(4, dtype=torch.long), x, torch.ones(4, dtype=torch.long))

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from .figures import save_translation_grid
 from .module import FlowMatchingModule, save_sample_grid
 
 __all__ = ["TranslationReport", "nearest_neighbour_labels"]
@@ -46,7 +47,7 @@ class TranslationReport(L.Callback):
         self,
         out_dir: str | None = None,
         split: str = "test",
-        n_show: int = 10,
+        n_show: int = 16,
         max_eval: int = 1000,
         knn_reference: int = 4000,
     ) -> None:
@@ -123,15 +124,38 @@ class TranslationReport(L.Callback):
                 (nearest_neighbour_labels(x1[valid], ref_x, ref_y) == y1[valid]).float().mean()
             )
         show = self._pick(y0, len(x0), self.n_show)
-        save_sample_grid(x0[show], xt[show], out_dir / "samples.png")
+        decode = getattr(dm, "decode", None)  # latent data modules: pictures in image space
+        if callable(decode) and hasattr(dm, "image_domain"):
+            s0, st = dm.image_domain(self.split)[0][:max_eval][show], decode(xt[show])
+        else:
+            s0, st = x0[show], xt[show]
+        if s0.dim() == 4:
+            col = [f"class {int(c)}" for c in y0[show]] if y0 is not None else None
+            cells = None
+            if "class_preservation" in out:
+                nn_lab = nearest_neighbour_labels(xt[show], ref_x, ref_y)
+                cells = {"translated": [f"1-NN: {int(c)}" for c in nn_lab]}
+            save_translation_grid(
+                {"source": s0, "translated": st}, out_dir / "samples.png", column_labels=col,
+                cell_labels=cells,
+                cell_ok={"translated": [bool(a == b) for a, b in zip(nn_lab, y0[show], strict=True)]}
+                if cells else None,
+                scale=4.0, title="top: held-out source; bottom: its translation (under it: the class of its "
+                                 "nearest target training image; green = source class kept)",
+            )
+        else:
+            save_sample_grid(s0, st, out_dir / "samples.png")
         return out
 
     @staticmethod
     def _pick(labels: torch.Tensor | None, total: int, n: int) -> torch.Tensor:
-        """Indices of ``n`` samples: the first of each class, then the next ones in order."""
+        """Indices of ``n`` samples taking the classes in turn (the first of each, then the second, ...)."""
         if labels is None:
             return torch.arange(min(n, total))
-        first = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels).tolist()]
-        taken = set(first)
-        rest = [i for i in range(total) if i not in taken]
-        return torch.tensor((first + rest)[:n])
+        per = [torch.nonzero(labels[:total] == c).flatten().tolist() for c in torch.unique(labels[:total])]
+        out: list[int] = []
+        for r in range(max(len(p) for p in per)):
+            out += [p[r] for p in per if r < len(p)]
+            if len(out) >= n:
+                break
+        return torch.tensor(out[:n])

@@ -10,6 +10,10 @@
   from a small CNN trained in this project (:func:`train_classifier`); the numbers are
   therefore *not* comparable with published Inception FIDs, only across our methods.
 * :func:`transport_cost`: mean over images of ``|x - T(x)|^2`` (sum over pixels, no 1/2).
+* :func:`translation_scores`: with a source-vs-target style classifier
+  (:func:`train_domain_classifier`), the share of translations judged target-style (style
+  transfer), the share keeping their class, and the share doing both (successful
+  translations), a score that the identity map cannot win.
 
 :func:`frechet_distance` is the closed form
 ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^{1/2} S2 S1^{1/2})^{1/2})``, computed in float64 with
@@ -39,6 +43,8 @@ __all__ = [
     "class_weights",
     "extract_features",
     "predict",
+    "train_domain_classifier",
+    "translation_scores",
 ]
 
 
@@ -250,3 +256,82 @@ def train_classifier(
             opt.step()
             sched.step()
     return net.eval()
+
+
+# ------------------------------------------------------------------------------ translation score
+def train_domain_classifier(
+    x_source: torch.Tensor,
+    y_source: torch.Tensor,
+    x_target: torch.Tensor,
+    y_target: torch.Tensor,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> SmallCNN:
+    """A source-style (label 0) vs target-style (label 1) classifier that cannot read the class.
+
+    The two domains usually hold their classes in different proportions; a classifier trained
+    on them as they are would learn "class 0 -> source" and then call every class-preserving
+    translation of a 0 untranslated. So each class shared by both domains contributes the same
+    number of images from each domain (the smaller domain's images of that class are drawn
+    again at random up to the larger count; classes present in one domain only are left out),
+    so that within the training set the class says nothing about the domain.
+
+    Args:
+        x_source, x_target: ``(n, C, H, W)`` real images of each domain. y_source, y_target:
+            ``(n,)`` class labels.
+
+    Returns:
+        :class:`models.classifier.SmallCNN` with 2 logits (eval mode, on ``device``).
+    """
+    if x_source.shape[1:] != x_target.shape[1:]:
+        raise ValueError(
+            f"source and target images differ in shape: {tuple(x_source.shape)}, {tuple(x_target.shape)}."
+        )
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    shared = sorted(set(y_source.tolist()) & set(y_target.tolist()))
+    if not shared:
+        raise ValueError(
+            "the source and target domains share no class: the style cannot be told from the class."
+        )
+    for c in shared:
+        i0, i1 = torch.nonzero(y_source == c).flatten(), torch.nonzero(y_target == c).flatten()
+        k = max(len(i0), len(i1))
+        for i, x in ((i0, x_source), (i1, x_target)):
+            extra = i[torch.randint(len(i), (k - len(i),), generator=gen)]
+            xs.append(x[torch.cat([i, extra])])
+        ys += [torch.zeros(k, dtype=torch.long), torch.ones(k, dtype=torch.long)]
+    return train_classifier(torch.cat(xs), torch.cat(ys), n_classes=2, epochs=epochs, seed=seed,
+                            device=device, class_weight=None)
+
+
+def translation_scores(
+    domain_classifier: nn.Module,
+    class_classifier: nn.Module,
+    x_translated: torch.Tensor,
+    y_source: torch.Tensor,
+) -> dict[str, float]:
+    """Style transfer, class preservation and successful translations of ``x_translated``.
+
+    Args:
+        domain_classifier: 2-logit net (0 = source style, 1 = target style), e.g. from
+            :func:`train_domain_classifier`. class_classifier: target-domain class net.
+        x_translated: ``(n, C, H, W)`` translations. y_source: ``(n,)`` source labels.
+
+    Returns:
+        ``style_transfer``: share judged target-style; ``class_preservation``: share given the
+        source label; ``successful``: share that is both. The identity map scores about 0 on
+        ``successful`` (its images are judged source-style), whatever its class preservation.
+    """
+    if len(x_translated) != len(y_source) or len(y_source) == 0:
+        raise ValueError(f"x_translated and y_source must be non-empty and of equal length, got "
+                         f"{len(x_translated)} and {len(y_source)}.")
+    style = predict(domain_classifier, x_translated) == 1
+    kept = predict(class_classifier, x_translated) == y_source.cpu()
+    return {
+        "style_transfer": float(style.float().mean()),
+        "class_preservation": float(kept.float().mean()),
+        "successful": float((style & kept).float().mean()),
+    }
