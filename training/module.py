@@ -54,7 +54,7 @@ class FlowMatchingModule(L.LightningModule):
             for validation, test and prediction (``None``: no EMA).
         ode_method: ``"euler"``, ``"midpoint"`` or ``"dopri5"`` for generation.
         ode_steps: steps of the fixed-step methods.
-        n_grid: samples shown per row in the validation sample grid.
+        n_grid: samples shown per row in the validation sample grid (0: no grid is saved).
     """
 
     def __init__(
@@ -142,7 +142,7 @@ class FlowMatchingModule(L.LightningModule):
         xt = self.translate(x0)
         cost = 0.5 * (xt - x0).flatten(1).pow(2).sum(1).mean()
         self.log(f"{stage}/transport_cost", cost, batch_size=x0.shape[0], sync_dist=True)
-        if batch_idx == 0 and stage == "val":
+        if batch_idx == 0 and stage == "val" and self.n_grid > 0:
             self._grid = [x0[: self.n_grid].detach().cpu(), xt[: self.n_grid].detach().cpu()]
         return loss
 

@@ -331,6 +331,7 @@ def _train_flow(
         sampler=spec.sampler(cfg.eps),
         optimizer=lambda p: torch.optim.Adam(p, lr=lr),
         ode_steps=cfg.ode_steps,
+        n_grid=0,  # no per-validation pictures: the report draws its own
     )
     history = _ValLossHistory()
     val = {"limit_val_batches": 0} if cfg.val_every is None else {
