@@ -612,9 +612,15 @@ def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter:
     else:
         sx, sy, ctx = ops.softmin_x, ops.softmin_y, torch.no_grad()
     with ctx:
-        g0 = torch.zeros_like(ops.b)
-        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b), max_iter=max_iter,
-                                      tol=tol, symmetric=symmetric, momentum=momentum)
+        g0, n0 = torch.zeros_like(ops.b), 0
+        coarse_start = getattr(ops, "coarse_start", None)  # backends with coarse levels (multiscale)
+        if coarse_start is not None:  # run the stages they can do coarsely; the loop does the rest
+            with torch.no_grad():
+                g0, eps_list, n0 = coarse_start(pen_a, pen_b, eps_list, symmetric=symmetric)
+        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b),
+                                      max_iter=max(max_iter - n0, 1), tol=tol, symmetric=symmetric,
+                                      momentum=momentum)
+        n += n0
     if grad == "envelope":
         f, g = f.detach(), g.detach()
     elif grad == "implicit":

@@ -7,11 +7,16 @@
 * ``"chunked"``: pure torch, row blocks of at most 64 MiB, ``O(block x M)`` memory, any cost;
 * :class:`GridPairsBackend` (``grid.py``): batches of pairs of images on one pixel grid, used by
   :func:`torchuot.images.pairwise_distances` (not selectable by name: it needs a grid);
+* ``"multiscale"``: coarse-to-fine annealing on cluster centroids, then block-sparse soft-mins
+  over the cluster pairs kept by a kernel-truncation test (``D <= 3``, built-in costs; KeOps
+  ``ranges`` reductions, or pure-torch tiles without a compiler); ``Multiscale(...)`` sets its
+  options (``truncate``, cluster sides, ``use_keops``);
 * ``"auto"`` (default): ``"tensorized"`` when one ``B x N x M`` matrix of the inputs' dtype
   takes at most :data:`AUTO_DENSE_MAX_BYTES` (512 MiB: ``B N M <= 2**27`` in float32, e.g.
-  ``N = M = 11,585``; ``2**26`` in float64, ``N = M = 8,192``), else ``"online"`` if KeOps
-  compiles here and the cost is built-in, else ``"chunked"`` (with a warning when KeOps was
-  wanted but is unavailable).
+  ``N = M = 11,585``; ``2**26`` in float64, ``N = M = 8,192``), else ``"multiscale"`` for a
+  built-in cost in ``D <= 3`` (it needs no compiler), else ``"online"`` if KeOps compiles here
+  and the cost is built-in, else ``"chunked"`` (with a warning when KeOps was wanted but is
+  unavailable).
 
 ``resolve_backend`` is the one place where a backend is chosen; the choice is recorded in the
 solver's result (``result.backend``).
@@ -26,6 +31,7 @@ from ..costs import Cost, HKConeCost, PowerCost, SquaredEuclidean
 from .chunked import ChunkedBackend
 from .grid import GridPairsBackend
 from .keops import KeOpsBackend, keops_status
+from .multiscale import Multiscale, MultiscaleBackend, cluster_tools_available
 from .tensorized import TensorizedBackend, safe_log, safe_logsumexp
 
 __all__ = [
@@ -33,6 +39,8 @@ __all__ = [
     "ChunkedBackend",
     "KeOpsBackend",
     "GridPairsBackend",
+    "MultiscaleBackend",
+    "Multiscale",
     "resolve_backend",
     "auto_backend_name",
     "keops_status",
@@ -43,7 +51,7 @@ __all__ = [
     "safe_logsumexp",
 ]
 
-BACKENDS = ("auto", "tensorized", "online", "chunked")
+BACKENDS = ("auto", "tensorized", "online", "chunked", "multiscale")
 
 #: ``"auto"`` stays dense while one ``B x N x M`` matrix takes at most this many bytes.
 AUTO_DENSE_MAX_BYTES = 2**29
@@ -51,7 +59,7 @@ AUTO_DENSE_MAX_BYTES = 2**29
 #: ``UOTResult.plan()`` refuses on the online / chunked backends above this many entries.
 PLAN_MAX_ENTRIES = 2**24
 
-Backend = TensorizedBackend | ChunkedBackend | KeOpsBackend
+Backend = TensorizedBackend | ChunkedBackend | KeOpsBackend | MultiscaleBackend
 
 
 def auto_backend_name(x: Tensor, y: Tensor, cost: Cost) -> tuple[str, str]:
@@ -65,6 +73,8 @@ def auto_backend_name(x: Tensor, y: Tensor, cost: Cost) -> tuple[str, str]:
         return "tensorized", ""
     if type(cost) not in (SquaredEuclidean, PowerCost, HKConeCost):
         return "chunked", ""  # no KeOps formula for a user callable
+    if x.shape[-1] <= 3 and cluster_tools_available():
+        return "multiscale", ""  # truncated kernel: KeOps ranges or torch tiles, no compiler needed
     ok, why = keops_status(x.dtype, x.device)
     return ("online", "") if ok else ("chunked", why)
 
@@ -73,7 +83,7 @@ def resolve_backend(backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, co
     """Build the backend named by ``backend`` (``"auto"`` picks one) for this problem.
 
     Args:
-        backend: one of :data:`BACKENDS`.
+        backend: one of :data:`BACKENDS`, or a :class:`Multiscale` options object.
         x: ``(B, N, D)``, y: ``(B, M, D)`` points; a: ``(B, N)``, b: ``(B, M)`` weights.
         cost: the ground cost.
 
@@ -82,6 +92,8 @@ def resolve_backend(backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, co
         ImportError / RuntimeError: ``"online"`` asked for explicitly but pykeops is
             missing / cannot compile.
     """
+    if isinstance(backend, Multiscale):
+        return backend.build(x, y, a, b, cost)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}.")
     if backend == "auto":
@@ -98,4 +110,6 @@ def resolve_backend(backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, co
         return TensorizedBackend(x, y, a, b, cost)
     if backend == "online":
         return KeOpsBackend(x, y, a, b, cost)
+    if backend == "multiscale":
+        return Multiscale().build(x, y, a, b, cost)
     return ChunkedBackend(x, y, a, b, cost)

@@ -159,9 +159,10 @@ class ChunkedBackend:
         m = E.amax(dim=-1, keepdim=True)
         empty = ~torch.isfinite(m)
         m = torch.where(empty, torch.zeros_like(m), m)
-        # Clamping at log(smallest normal) keeps exp out of the slow subnormal range; the
-        # at most M * tiny it adds to a sum >= 1 is below the dtype's resolution.
-        low = math.log(torch.finfo(E.dtype).tiny)
+        # Clamping one above log(smallest normal) keeps exp out of the slow subnormal range (at
+        # log(tiny) itself float32 exp rounds to a subnormal: 100x slower); the at most
+        # M * e * tiny it adds to a sum >= 1 is below the dtype's resolution.
+        low = math.log(torch.finfo(E.dtype).tiny) + 1.0
         s = E.sub_(m).clamp_(min=low).exp_().sum(-1)
         L = s.log_().add_(m.squeeze(-1))
         return L.masked_fill_(empty.squeeze(-1), -math.inf)
