@@ -252,7 +252,8 @@ def win_rates(rows: list[dict]) -> list[dict]:
     count them, ``win_rate`` counts a tie as one half. ``p``: two-sided Wilcoxon signed-rank
     test over seeds of the per-seed mean score difference A - B across the group's scores
     (:func:`training.stats.wilcoxon_signed_rank`; 1.0 with fewer than 2 seeds); ``p_holm``:
-    Holm-adjusted over all rows returned (one family). ``rows``: dicts with keys metric,
+    Holm-adjusted over all rows returned (one family); ``p_holm_headline`` (the rows over all
+    embeddings and scores only): Holm-adjusted over those, one per comparison. ``rows``: dicts with keys metric,
     embedding, score, seed, value; a metric's name may carry a suffix after ``@`` (ignored).
     """
     table = {(r["metric"].split("@")[0], r["embedding"], r["score"], r["seed"]): r["value"] for r in rows}
@@ -281,6 +282,10 @@ def win_rates(rows: list[dict]) -> list[dict]:
                             "losses": int(l), "seeds": len(d), "mean_diff": float(np.mean(d)), "p": p})
     for r, ph in zip(out, holm([r["p"] for r in out]), strict=True):
         r["p_holm"] = float(ph)
+    # The headline family: one row per comparison (all embeddings, all scores).
+    head = [r for r in out if r["embedding"] == "all" and r["scores"] == "all"]
+    for r, ph in zip(head, holm([r["p"] for r in head]), strict=True):
+        r["p_holm_headline"] = float(ph)
     return out
 
 
@@ -375,21 +380,29 @@ def _write_markdown(path: Path, dataset: str, per_alpha: dict, cfg: dict, times:
              "it, embeds it and scores it on one 80/20 split (classifiers) and one clustering seed. "
              "W/T/L counts (score, seed) cells where the first metric scores higher / equal / lower; "
              "win rate counts a tie as 1/2. p: two-sided Wilcoxon signed-rank test over the seeds of "
-             "the per-seed mean score difference; p (Holm): adjusted over the "
-             f"{len(next(iter(per_alpha.values()))['wins'])} rows of the table (one family per alpha). "
-             "With 10 seeds the smallest possible p is 0.002.", ""]
+             "the per-seed mean score difference. p (Holm, headline): Holm-adjusted over the "
+             "three headline rows (all embeddings, all scores; one per comparison); p (Holm, all): "
+             f"adjusted over all {len(next(iter(per_alpha.values()))['wins'])} rows of the table "
+             f"(one family per alpha). With {cfg['seeds']} seeds the smallest possible p is "
+             f"2/2^{cfg['seeds']} = {2 / 2 ** cfg['seeds']:.3g}; Holm multiplies the smallest p of a family "
+             f"of m tests by m ({len(next(iter(per_alpha.values()))['wins'])} x {2 / 2 ** cfg['seeds']:.3g} = "
+             f"{len(next(iter(per_alpha.values()))['wins']) * 2 / 2 ** cfg['seeds']:.3g} here), so the "
+             "per-embedding rows are descriptive.", ""]
     for alpha, res in per_alpha.items():
         dims = {m: sorted(set(d.values())) for m, d in res["dims"].items()}
         ident = ", ".join(f"{m} {k} of {t}" for m, (k, t) in res["identical"].items())
         lines += [f"## alpha = {alpha:g}", "",
                   f"Embedding dimensions (local-SVD estimate per seed; t-SNE is 2D): {dims}.", "",
                   f"(embedding, score) cells identical on every seed: {ident}.", "",
-                  "| comparison | embedding | scores | W/T/L | win rate | mean diff | p | p (Holm) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| comparison | embedding | scores | W/T/L | win rate | mean diff | p | p (Holm, headline) "
+                  "| p (Holm, all) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for w in res["wins"]:
+            ph = w.get("p_holm_headline")
             lines.append(f"| {w['comparison']} | {w['embedding']} | {w['scores']} | "
                          f"{w['wins']}/{w['ties']}/{w['losses']} | {w['win_rate']:.0%} | "
-                         f"{w['mean_diff']:+.3f} | {_fmt_p(w['p'])} | {_fmt_p(w['p_holm'])} |")
+                         f"{w['mean_diff']:+.3f} | {_fmt_p(w['p'])} | {'-' if ph is None else _fmt_p(ph)} "
+                         f"| {_fmt_p(w['p_holm'])} |")
         lines += ["", f"### Mean scores over seeds (alpha = {alpha:g})", "",
                   "| embedding | score | Euclidean | W2 | HK |", "|---|---|---|---|---|"]
         mean: dict[tuple, list[float]] = {}
@@ -489,14 +502,15 @@ def _write_sweep(path: Path, dataset: str, sweep: list, command: str) -> None:
     lines = [f"# kappa sweep: {dataset}", "", f"Command: `{command}`", ""]
     for alpha in alphas:
         lines += [f"## alpha = {alpha:g}", "",
-                  "| kappa (px) | HK blur (px) | eps | HK vs W2 | p (Holm) | HK vs Euclidean | p (Holm) | HK matrix |",
+                  "| kappa (px) | HK blur (px) | eps | HK vs W2 | p (Holm, headline) | HK vs Euclidean | p (Holm, headline) "
+                  "| HK matrix |",
                   "|---|---|---|---|---|---|---|---|"]
         for kappa, hb, res in sweep:
             by = {w["comparison"]: w for w in res["alphas"][alpha]["wins"]
                   if w["embedding"] == "all" and w["scores"] == "all"}
             t = res["times"].get("HK")
             t_txt = "-" if t is None else f"{t['seconds']:.0f} s"
-            cells = [f"{by[c]['win_rate']:.0%} | {_fmt_p(by[c]['p'])} ({_fmt_p(by[c]['p_holm'])})"
+            cells = [f"{by[c]['win_rate']:.0%} | {_fmt_p(by[c]['p'])} ({_fmt_p(by[c]['p_holm_headline'])})"
                      for c in ("HK vs W2", "HK vs Euclidean")]
             lines.append(f"| {kappa:g} | {hb:g} | {(hb / kappa) ** 2:.4g} | " + " | ".join(cells)
                          + f" | {t_txt} |")
