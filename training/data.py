@@ -29,6 +29,7 @@ __all__ = [
     "UnpairedDataModule",
     "Toy2DDataModule",
     "UnpairedDataset",
+    "UnpairedLoaders",
     "domain_transform",
     "check_one_batch",
     "DOMAIN_TRANSFORMS",
@@ -330,7 +331,49 @@ def _select(
     return torch.cat([pl[:k] for pl, k in zip(pools, counts, strict=True)])
 
 
-class UnpairedDataModule(L.LightningDataModule):
+class UnpairedLoaders:
+    """``setup`` and the loaders of a data module that serves ``domain(split) -> (x0, y0, x1, y1)``.
+
+    Batches are :class:`UnpairedDataset` dicts; training loaders shuffle and drop the last partial
+    batch, and ``setup("fit")`` refuses a training split smaller than one batch.
+    """
+
+    batch_size: int
+    seed: int
+    num_workers: int = 0
+    describe: str = "the unpaired domains"
+
+    def domain(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
+        if stage == "fit":
+            check_one_batch(len(self.datasets["train"]), self.batch_size, self.describe)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class UnpairedDataModule(UnpairedLoaders, L.LightningDataModule):
     """Two unpaired image domains built from one labelled image data module.
 
     Each split of ``base`` is cut at random into two disjoint halves; the source domain takes
@@ -412,32 +455,6 @@ class UnpairedDataModule(L.LightningDataModule):
             self.domains[split] = (x0, labels[i0], x1, labels[i1])
         return self.domains[split]
 
-    def setup(self, stage: str | None = None) -> None:
-        self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
-        if stage == "fit":
-            check_one_batch(len(self.datasets["train"]), self.batch_size, "the unpaired domains")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
 
 # ------------------------------------------------------------------------------ toy 2D
 def _mixture(
@@ -452,7 +469,7 @@ def _mixture(
     return x, labels
 
 
-class Toy2DDataModule(L.LightningDataModule):
+class Toy2DDataModule(UnpairedLoaders, L.LightningDataModule):
     """Source and target Gaussian mixtures in 2D with different mixture weights (and outliers).
 
     The default is the class-imbalance example of UOT-FM: two source clusters in equal parts on
@@ -472,6 +489,7 @@ class Toy2DDataModule(L.LightningDataModule):
     """
 
     in_channels = 0
+    describe = "Toy2DDataModule (n_train)"
 
     def __init__(
         self,
@@ -525,25 +543,3 @@ class Toy2DDataModule(L.LightningDataModule):
                 y1[:n_out] = -1
             self.domains[split] = (x0, y0, x1, y1)
         return self.domains[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
-        if stage == "fit":
-            check_one_batch(len(self.datasets["train"]), self.batch_size, "Toy2DDataModule (n_train)")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -100,19 +100,9 @@ def save_pareto(
         if math.isfinite(x) and math.isfinite(y):
             ax.plot(x, y, "*", color="black", ms=11)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, xlabel, ylabel, title, legend_loc="upper left")
 
 
 def save_loss_curves(
@@ -126,14 +116,23 @@ def save_loss_curves(
         if pts:
             s, v = zip(*pts, strict=True)
             ax.plot(s, v, label=name, lw=1.2)
-    ax.set_xlabel("training step")
+    return _finish(fig, ax, path, "training step", ylabel, title)
+
+
+def _finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str | None,
+            legend_loc: str = "best") -> Path:
+    """Labels, grid, legend and title; save at 120 dpi and close."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, loc=legend_loc, frameon=False)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
+    fig.clf()
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return path

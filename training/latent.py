@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models.autoencoder import ConvAutoencoder
 
-from .data import SPLITS, UnpairedDataModule, UnpairedDataset, check_one_batch
+from .data import UnpairedDataModule, UnpairedLoaders, check_one_batch
 
 __all__ = ["AutoencoderModule", "train_autoencoder", "LatentDataModule"]
 
@@ -121,7 +121,7 @@ def train_autoencoder(
     return ae, {"train_mse": _mse(ae, x_train), "val_mse": _mse(ae, x_val), "steps": int(trainer.global_step)}
 
 
-class LatentDataModule(L.LightningDataModule):
+class LatentDataModule(UnpairedLoaders, L.LightningDataModule):
     """Unpaired source / target domains in an autoencoder's latent space.
 
     Args:
@@ -159,6 +159,7 @@ class LatentDataModule(L.LightningDataModule):
         self.ae_batch_size, self.ae_lr = ae_batch_size, ae_lr
         self.ae_path = Path(ae_path) if ae_path else None
         self.batch_size, self.seed = batch_size, seed
+        self.describe = "the latent unpaired domains"
         self.autoencoder: ConvAutoencoder | None = None
         self.recon: dict[str, float] = {}
         self.domains: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -227,25 +228,3 @@ class LatentDataModule(L.LightningDataModule):
             x0, y0, x1, y1 = self.image_domain(split)
             self.domains[split] = (self.encode(x0), y0, self.encode(x1), y1)
         return self.domains[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        self.datasets = {s: UnpairedDataset(*self.domain(s), seed=self.seed) for s in SPLITS}
-        if stage == "fit":
-            check_one_batch(len(self.datasets["train"]), self.batch_size, "the latent unpaired domains")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

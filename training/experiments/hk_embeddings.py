@@ -24,10 +24,10 @@ import argparse
 import csv
 import itertools
 import json
-import platform
-import sys
 import logging
 import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +36,8 @@ import torch
 
 from torchuot.embed import estimate_dimension, isomap, laplacian_eigenmaps, mds, tsne
 from torchuot.images import pairwise_distances
-from training.stats import holm, wilcoxon_signed_rank
 from training.datasets import default_data_root, load_medmnist, load_mnist
+from training.stats import holm, wilcoxon_signed_rank
 
 __all__ = ["load_images", "stratified_subset", "metric_matrix", "distance_matrices", "embed_all", "evaluate",
            "seed_scores", "win_rates", "identical_cells", "run", "main"]
