@@ -71,6 +71,21 @@ class Penalty:
         """
         return None
 
+    def first_order_gap(self, m: Tensor, a: Tensor, f: Tensor, slack: float = 0.0) -> Tensor | None:
+        """L1 distance of a marginal ``m: (B, N)`` to the set ``a * d(-phi*(-.))(f)`` its first-order
+        optimality condition asks for (``m = a`` balanced, ``m = a exp(-f/rho)`` KL, ...) -> ``(B,)``,
+        or ``None`` when the penalty gives no derivative (the condition cannot be checked).
+
+        Entries with ``a_i = 0`` count ``m_i``; non-finite potentials (a point with no partner)
+        count where their marginal is not 0. ``slack``: potentials within it of a kink of the dual
+        term (TV's box edges) may take the kink's subdifferential (rounding of the potentials).
+        """
+        d = self.dual_derivatives(f)
+        if d is None:
+            return None
+        target = torch.where(a > 0, a * torch.nan_to_num(d[0], nan=0.0), torch.zeros_like(a))
+        return (m - target).abs().sum(-1)
+
     def shift_moment(self, f: Tensor, a: Tensor) -> tuple[Tensor, float] | None:
         """``(L, r)`` with ``sum_i a_i dual'(f_i + lam) = exp(L - r lam)`` for every shift ``lam``,
         or ``None`` when the dual term has no such form (then the loop does not shift).
@@ -199,6 +214,14 @@ class TV(Penalty):
 
     def aprox(self, s: Tensor, eps: float) -> Tensor:
         return s.clamp(min=-self.rho, max=self.rho)
+
+    def first_order_gap(self, m: Tensor, a: Tensor, f: Tensor, slack: float = 0.0) -> Tensor:
+        # Subdifferential of the dual term f on the box |f| <= rho: {1} inside, [0, 1] at f = rho
+        # (mass may be destroyed: m <= a), [1, inf) at f = -rho (mass may be created: m >= a).
+        edge = self.rho - slack - 8 * torch.finfo(f.dtype).eps * self.rho
+        top, bottom = f >= edge, f <= -edge
+        gap = torch.where(top, (m - a).clamp_min(0), torch.where(bottom, (a - m).clamp_min(0), (m - a).abs()))
+        return gap.sum(-1)
 
     def dual(self, f: Tensor) -> Tensor:
         return f

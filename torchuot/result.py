@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,63 @@ import torch
 from ._typing import Tensor
 from .penalties import Penalty
 
-__all__ = ["UOTResult"]
+__all__ = ["UOTResult", "first_order_residuals", "marginal_tolerance", "ConvergenceError",
+           "ConvergenceWarning", "NONCONVERGENCE_POLICIES"]
+
+#: What a solver does when it stops without meeting its tolerance (argument ``on_nonconvergence``).
+NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A solver stopped before its marginal conditions held to ``marginal_tol``."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of :class:`ConvergenceWarning` with ``on_nonconvergence="raise"``."""
+
+
+def marginal_tolerance(tol: float, dtype: torch.dtype) -> float:
+    """Tolerance on the relative first-order marginal residuals for a stopping tolerance ``tol``:
+    ``max(min(1e3 tol, 1e-2), 1e3 ulp)`` (``1e-3`` at the default ``tol = 1e-6``). The loop stops on
+    a change of the potentials ``<= tol * eps``, a relative change of the marginals of ``~tol``;
+    the factor 1e3 leaves room for slowly contracting problems, the floor is the dtype's reach."""
+    return max(min(1e3 * float(tol), 1e-2), 1e3 * torch.finfo(dtype).eps)
+
+
+def _marginal(w: Tensor, pot: Tensor, S: Tensor, eps: float) -> Tensor:
+    """``w * exp((pot - S) / eps)``, 0 where the soft-min ``S`` is ``+inf`` (no partner) or ``w = 0``."""
+    d = torch.where(torch.isposinf(S) | (w <= 0), torch.full_like(pot, -math.inf), pot - S)
+    return w * torch.exp(d / eps)
+
+
+def first_order_residuals(ops: Any, pen_a: Penalty, pen_b: Penalty, eps: float, f: Tensor, g: Tensor,
+                          symmetric: bool = False, slack: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Relative first-order marginal residuals of potentials ``f: (B, N)``, ``g: (B, M)`` -> two ``(B,)``.
+
+    For each side, the L1 distance of the plan's marginal to what optimality asks of it (the
+    weights for a balanced side, ``a exp(-f/rho)`` for KL, the TV subdifferential, ...: see
+    :meth:`Penalty.first_order_gap`), divided by the larger of the marginal's and the weights'
+    masses. Evaluated by exact log-domain soft-mins (one pass a side; no kernel cache). NaN
+    potentials give an infinite residual; a penalty without derivatives gives 0. ``slack``:
+    potentials within it of a kink of a penalty's dual term may take the kink's subgradients.
+    """
+    with torch.no_grad():
+        S_x = ops.softmin_x_autograd(eps, g)
+        row = _marginal(ops.a, f, S_x, eps)
+        if symmetric:
+            col, S_y = row, S_x
+        else:
+            S_y = ops.softmin_y_autograd(eps, f)
+            col = _marginal(ops.b, g, S_y, eps)
+        out = []
+        for pen, m, w, pot in ((pen_a, row, ops.a, f), (pen_b, col, ops.b, g)):
+            gap = pen.first_order_gap(m, w, pot, slack)
+            if gap is None:
+                gap = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
+            scale = torch.maximum(m.sum(-1), w.sum(-1)).clamp_min(torch.finfo(m.dtype).tiny)
+            r = gap / scale
+            out.append(torch.where(torch.isnan(r), torch.full_like(r, math.inf), r))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
@@ -29,8 +86,13 @@ class UOTResult:
         eps: the final entropic regularisation.
         penalty_a, penalty_b: the marginal penalties of each side.
         n_iters: Sinkhorn iterations done (annealing stages included).
-        converged: whether the potentials' change fell below the tolerance.
+        converged: whether the solve converged: the potentials' change fell below ``tol`` AND the
+            first-order marginal conditions hold to :attr:`marginal_tol` at the returned
+            potentials (:meth:`marginal_residuals`, checked by exact soft-mins).
         backend: name of the backend that computed the soft-mins.
+        marginal_tol: tolerance on :meth:`marginal_residuals` behind ``converged``.
+        residuals: ``(B,)`` pair of the relative first-order residuals measured at the end
+            (as :meth:`marginal_residuals` returns them).
     """
 
     f: Tensor
@@ -44,6 +106,8 @@ class UOTResult:
     backend: str
     batched: bool = True
     _ops: Any = field(default=None, repr=False, compare=False)
+    marginal_tol: float = math.nan
+    residuals: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     # --------------------------------------------------------------- helpers
     def _out(self, t: Tensor) -> Tensor:
@@ -119,6 +183,16 @@ class UOTResult:
             self._out((row - ops.a).abs().sum(-1)),
             self._out((col - ops.b).abs().sum(-1)),
         )
+
+    def marginal_residuals(self) -> tuple[Tensor, Tensor]:
+        """Relative first-order residuals of both sides -> two ``(B,)`` tensors (see
+        :func:`first_order_residuals`): the marginal error over the mass for a balanced side, the
+        distance of ``pi 1`` to ``a exp(-f/rho)`` for KL, and so on. ``converged`` implies both are
+        ``<= marginal_tol``."""
+        f, g = self._fg()
+        slack = self.eps * self.marginal_tol if math.isfinite(self.marginal_tol) else 0.0
+        ra, rb = first_order_residuals(self._ops, self.penalty_a, self.penalty_b, self.eps, f, g, slack=slack)
+        return self._out(ra), self._out(rb)
 
     def apply(self, v: Tensor, axis: int = 1) -> Tensor:
         """Plan-vector product without asking for the plan.

@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,9 +36,16 @@ import torch
 from ._typing import Tensor
 from ._validation import as_cost_matrix, as_point_pair, as_weights, check_positive, cost_matrix_weights
 from .backends import TensorizedBackend, resolve_backend
-from .costs import Cost, CostLike, SquaredEuclidean, make_cost
+from .costs import CallableCost, Cost, CostLike, HKConeCost, PowerCost, SquaredEuclidean, make_cost
 from .penalties import Penalty, PenaltyLike, make_penalty
-from .result import UOTResult
+from .result import (
+    NONCONVERGENCE_POLICIES,
+    ConvergenceError,
+    ConvergenceWarning,
+    UOTResult,
+    first_order_residuals,
+    marginal_tolerance,
+)
 
 __all__ = [
     "sinkhorn",
@@ -214,19 +222,28 @@ def sinkhorn_loop(
         g = g_t if omega == 1.0 else torch.lerp(g, g_t, omega)
         return (f, g) if translate is None else translate(f, g)
 
+    # Both sides balanced: the potentials are defined up to (f + c, g - c), and nothing stops them
+    # drifting along that line (by ~ the largest cost during annealing); f + g - C then cancels
+    # catastrophically. Each check re-centres them (same plan, same value for equal masses).
+    recentre = None if symmetric or not (penalty_a.is_balanced and penalty_b.is_balanced) else \
+        _recentre_fn(*weights)
+    if recentre is not None:
+        f, g = recentre(f, g)
+
     # Annealing: one sweep per stage, keeping at least one iteration at the target eps.
     for e in eps_list[1:-1]:
         if n_iters >= max_iter - 1:
             break
         f, g = step(e, f, g)
+        if recentre is not None:
+            f, g = recentre(f, g)
         n_iters += 1
 
     eps = eps_list[-1]
     res = torch.finfo(f.dtype).eps
     check_every = max(int(check_every), 1)
-    use_momentum = momentum and not symmetric
+    mom = AdaptiveMomentum() if momentum and not symmetric else None
     converged = False
-    omega, changes, rises = 1.0, [], 0
     pending: list[Tensor] = []  # this block's changes of g, on the device
     # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
     # then measured over the finite entries; a non-finite change later switches to that too.
@@ -234,16 +251,15 @@ def sinkhorn_loop(
     # Under grad="unroll" the change is measured on detached copies (no graph for it).
     plain = (lambda t: t) if not torch.is_grad_enabled() else torch.Tensor.detach
     while n_iters < max_iter:
-        f_new, g_new = step(eps, f, g, omega)
+        f_new, g_new = step(eps, f, g, 1.0 if mom is None else mom.omega)
         n_iters += 1
         # Every iteration records max |g_new - g| (the momentum's rate signal; g = T(f) contracts
         # at the rate of f); the stopping rule also takes max |f_new - f| of a block's last one.
         pending.append(_sup_diff(plain(g_new), plain(g), finite))
         f_prev, f, g = f, f_new, g_new
-        k = len(changes) + len(pending)
         # Read the block at its end, at the last iteration, and where the momentum decides.
         if len(pending) < check_every and n_iters < max_iter and not (
-            use_momentum and k - 1 in _MOMENTUM_POINTS
+            mom is not None and mom.wants_read(len(mom.changes) + len(pending))
         ):
             continue
         block = torch.stack(
@@ -258,11 +274,29 @@ def sinkhorn_loop(
         if max(change_f, changes_g[-1]) <= thr:  # sup-norm change of the last iteration
             converged = True
             break
-        for change in changes_g:
-            if use_momentum:
-                omega, rises = _momentum(changes, change, omega, rises)
-            changes.append(change)
+        if recentre is not None:
+            f, g = recentre(f, g)
+        if mom is not None:
+            mom.update(changes_g)
     return f, g, n_iters, converged
+
+
+def _recentre_fn(a: Tensor, b: Tensor) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(f, g) -> (f + c, g - c)`` with ``c`` that equalises the weighted means of ``f: (B, N)``
+    and ``g: (B, M)`` (over positive weights and finite potentials)."""
+    pos_a, pos_b = a > 0, b > 0
+
+    def mean(t: Tensor, w: Tensor, pos: Tensor) -> Tensor:
+        ok = pos & torch.isfinite(t)
+        ww = torch.where(ok, w, torch.zeros_like(w))
+        return (ww * torch.where(ok, t, torch.zeros_like(t))).sum(-1, keepdim=True) / ww.sum(
+            -1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+    def recentre(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        c = 0.5 * (mean(g, b, pos_b) - mean(f, a, pos_a))
+        return f + c, g - c
+
+    return recentre
 
 
 def _translation(
@@ -373,33 +407,102 @@ def _sup_diff(t: Tensor, t_old: Tensor, finite: bool) -> Tensor:
     return torch.linalg.vector_norm(t - t_old, math.inf) if finite else _sup(t - t_old)
 
 
-#: Lengths of the change history at which the momentum re-estimates the rate.
-_MOMENTUM_START = 8
-_MOMENTUM_POINTS = (_MOMENTUM_START, 2 * _MOMENTUM_START, 4 * _MOMENTUM_START)
+class AdaptiveMomentum:
+    """Adaptive over-relaxation of the loop at the target eps, with a safeguard.
 
+    Rate estimate (Lehmann, von Renesse, Sambale, Uschmajew 2021, Eq. 5; OTT's ``Momentum``):
+    after a few plain iterations, the contraction rate ``r`` of the change of ``g`` gives
+    ``omega = 2 / (1 + sqrt(1 - r))``. The estimate assumes the asymptotic, linear regime; far
+    from it (potentials still travelling, skewed marginals) the over-relaxed map can cycle where
+    plain Sinkhorn converges (a 7 x 7 balanced problem did not converge in 20,000 iterations).
+    Safeguard, in the spirit of Lehmann et al. 2021 (Sec. 4) and Thibault et al. 2021: an
+    over-relaxed run whose change of ``g`` exceeds :attr:`RISE` times its smallest one, or finds
+    no new smallest change within :attr:`PATIENCE` iterations, has failed: omega falls back to 1,
+    and a new attempt follows after plain iterations whose number doubles with each failure, with
+    the extra relaxation ``omega - 1`` halved from the second failure on (down to a quarter).
+    Failed attempts thus cost a bounded number of iterations, and the loop converges wherever
+    plain Sinkhorn does.
 
-def _momentum(changes: list[float], change: float, omega: float, rises: int) -> tuple[float, int]:
-    """Adaptive over-relaxation (Lehmann, von Renesse, Sambale, Uschmajew 2021, Eq. 5; OTT's
-    ``Momentum``): after a few plain iterations, estimate the contraction rate ``r`` of the
-    potentials' change and set ``omega = 2 / (1 + sqrt(1 - r))``. Safeguard: if the change
-    grows three times in a row, halve ``omega - 1``."""
-    k = len(changes)
-    if k in _MOMENTUM_POINTS and min(changes[k - 4:]) > 0:
+    The loop feeds it each block's changes (:meth:`update`) and reads :attr:`omega`.
+    """
+
+    #: Plain iterations at the target eps before the first rate estimate.
+    START = 8
+    #: Changes whose consecutive ratios make one rate estimate.
+    WINDOW = 4
+    #: Cap of the estimated rate of the observed iteration (keeps omega below 2).
+    MAX_RATE = 0.999
+    #: Cap of the inferred rate of the plain iteration.
+    MAX_PLAIN_RATE = 0.99
+    #: An over-relaxed run that finds no new smallest change in this many iterations has failed.
+    PATIENCE = 24
+    #: An over-relaxed run whose change exceeds this multiple of its smallest one has failed.
+    RISE = 8.0
+    #: Failures after which the extra relaxation ``omega - 1`` is not halved further.
+    MAX_HALVINGS = 2
+    #: Failures that do not halve it (a transient in the first attempt is common).
+    FREE_FAILURES = 1
+
+    def __init__(self) -> None:
+        self.omega = 1.0
+        self.changes: list[float] = []
+        self.points: tuple[int, ...] = (self.START, 2 * self.START, 4 * self.START)  # estimate here
+        self.rises = 0
+        self.failures = 0
+        self.best = math.inf  # smallest change of the current over-relaxed run
+        self.since = 0  # iterations since that smallest change
+
+    def wants_read(self, k: int) -> bool:
+        """Whether the loop must end its block after the ``k``-th change (an estimate is due)."""
+        return k - 1 in self.points
+
+    def update(self, block: list[float]) -> None:
+        """Record a block of changes ``max |g_new - g|`` (one per iteration) and update omega."""
+        for change in block:
+            k = len(self.changes)
+            was = self.omega
+            if k in self.points and k >= self.WINDOW and min(self.changes[k - self.WINDOW:]) > 0:
+                self._estimate(change)
+            elif self.omega > 1.0 and k > 0:
+                self._halve_on_rises(change)
+            self.changes.append(change)
+            if self.omega > 1.0 and (was == 1.0 or change < self.best):  # start, or progress
+                self.best, self.since = change, 0
+            elif self.omega > 1.0:
+                self.since += 1
+        if self.omega > 1.0 and (self.since >= self.PATIENCE or max(block) > self.RISE * self.best):
+            self._fail()
+
+    def _estimate(self, change: float) -> None:
+        k = len(self.changes)
+        window = self.changes[k - self.WINDOW:] + [change]
         # The slowest recent contraction is the best guess of the asymptotic one.
-        window = changes[k - 4:] + [change]
-        mu = min(max(window[i + 1] / window[i] for i in range(4)), 0.999)
+        mu = min(max(window[i + 1] / window[i] for i in range(self.WINDOW)), self.MAX_RATE)
+        omega = self.omega
         # Rate of the plain iteration behind it: SOR theory for consistently ordered
         # systems, (mu + omega - 1)^2 = mu omega^2 lam (lam = mu when omega = 1).
-        lam = min((mu + omega - 1) ** 2 / (mu * omega**2), 0.99)
+        lam = min((mu + omega - 1) ** 2 / (mu * omega**2), self.MAX_PLAIN_RATE)
         new = 2.0 / (1.0 + math.sqrt(1.0 - lam))
-        return (max(new, omega) if k > _MOMENTUM_START else new), 0
-    if omega > 1.0 and k > 0:
-        # A change of omega perturbs the iteration for a few steps: judge it after 8.
-        settled = k > _MOMENTUM_START and k % _MOMENTUM_START >= 4 or k > 4 * _MOMENTUM_START + 4
-        rises = rises + 1 if (settled and change > changes[-1]) else 0
-        if rises >= 3:
-            return 1.0 + (omega - 1.0) / 2, 0
-    return omega, rises
+        # each failure halves the extra relaxation of the next attempts (down to a quarter)
+        new = 1.0 + (new - 1.0) / 2 ** min(max(self.failures - self.FREE_FAILURES, 0), self.MAX_HALVINGS)
+        self.omega = max(new, omega) if omega > 1.0 else new
+        self.rises = 0
+
+    def _halve_on_rises(self, change: float) -> None:
+        # A change of omega perturbs the iteration for a few steps: judge rises three in a row
+        # only 4 iterations after an estimate point.
+        k, start = len(self.changes), self.START
+        settled = k > start and k % start >= 4 or k > 4 * start + 4
+        self.rises = self.rises + 1 if (settled and change > self.changes[-1]) else 0
+        if self.rises >= 3:
+            self.omega, self.rises = 1.0 + (self.omega - 1.0) / 2, 0
+
+    def _fail(self) -> None:
+        self.failures += 1
+        self.omega, self.rises, self.since, self.best = 1.0, 0, 0, math.inf
+        # Plain iterations, then a new (smaller) attempt; the wait doubles with each failure.
+        k, wait = len(self.changes), self.START * 2 ** (self.failures - 1)
+        self.points = (k + wait, k + 2 * wait, k + 4 * wait)  # as at the start, scaled by the wait
 
 
 # ---------------------------------------------------------------------------- public solver
@@ -426,6 +529,7 @@ def sinkhorn(
     grad: str = "envelope",
     backend: str = "auto",
     momentum: bool = True,
+    on_nonconvergence: str = "warn",
 ) -> UOTResult:
     """Entropic unbalanced optimal transport between two weighted point clouds.
 
@@ -455,40 +559,58 @@ def sinkhorn(
             linear system) or ``"unroll"`` (differentiate through every iteration).
         backend: ``"auto"`` or ``"tensorized"``.
         momentum: adaptive over-relaxation at the target ``eps`` (Lehmann et al. 2021), on
-            by default; ``False`` gives plain Sinkhorn iterations.
+            by default, with a safeguard that falls back to plain iterations where it does not
+            help (:class:`AdaptiveMomentum`); ``False`` gives plain Sinkhorn iterations.
+        on_nonconvergence: what to do when the solve ends unconverged (``max_iter`` reached, or
+            the marginal conditions miss ``result.marginal_tol``, e.g. a float32 stall):
+            ``"warn"`` (default, a :class:`~torchuot.result.ConvergenceWarning`), ``"raise"``
+            (:class:`~torchuot.result.ConvergenceError`) or ``"ignore"``.
 
     Returns:
         A :class:`~torchuot.result.UOTResult`.
+
+    Raises:
+        ValueError: bad arguments; a balanced side with a point that has no finite-cost partner
+            (infeasible); costs that are NaN, ``-inf`` or overflow the dtype.
     """
     xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b = prepare_problem(
         x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
         tau_a=tau_a, tau_b=tau_b, penalty=penalty, max_iter=max_iter, tol=tol, grad=grad,
+        on_nonconvergence=on_nonconvergence,
     )
     ops = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
+    check_costs(ops, cost_obj, pen_a, pen_b)
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
-    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched)
+    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
+                         on_nonconvergence, "sinkhorn")
 
 
 def _solve_result(ops, pen_a: Penalty, pen_b: Penalty, eps: float, eps_list: list[float], max_iter: int,
-                  tol: float, grad: str, momentum: bool, batched: bool) -> UOTResult:
+                  tol: float, grad: str, momentum: bool, batched: bool, on_nonconvergence: str = "warn",
+                  where: str = "sinkhorn") -> UOTResult:
     """Run the loop on a built backend and package the :class:`UOTResult` (one cross problem)."""
-    f, g, n_iters, converged = _solve(ops, pen_a, pen_b, eps_list, max_iter, tol, grad,
-                                      symmetric=False, momentum=momentum)
+    solved = _solve_full(ops, pen_a, pen_b, eps_list, max_iter, tol, grad, symmetric=False,
+                         momentum=momentum)
+    check_convergence(on_nonconvergence, [solved], where, stacklevel=4)
+    f, g = solved.f, solved.g
     # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
     fv, gv = (f.detach(), g.detach()) if grad == "implicit" else (f, g)
     value = dual_value(ops, pen_a, pen_b, eps, fv, gv)
+    out = (lambda t: t) if batched else (lambda t: t[0])
     return UOTResult(
-        f=f if batched else f[0],
-        g=g if batched else g[0],
-        value=value if batched else value[0],
+        f=out(f),
+        g=out(g),
+        value=out(value),
         eps=eps,
         penalty_a=pen_a,
         penalty_b=pen_b,
-        n_iters=n_iters,
-        converged=converged,
+        n_iters=solved.n_iters,
+        converged=solved.converged,
         backend=ops.name,
         batched=batched,
         _ops=ops,
+        marginal_tol=solved.marginal_tol,
+        residuals=(out(solved.residual_a), out(solved.residual_b)),
     )
 
 
@@ -508,6 +630,7 @@ def sinkhorn_from_cost(
     tol: float = 1e-6,
     grad: str = "envelope",
     momentum: bool = True,
+    on_nonconvergence: str = "warn",
 ) -> UOTResult:
     """Entropic unbalanced OT from a cost matrix, POT style (``ot.sinkhorn_unbalanced(a, b, M,
     reg, reg_m)``): the same loop and result as :func:`sinkhorn`, on the dense backend.
@@ -520,7 +643,7 @@ def sinkhorn_from_cost(
         eps: entropic regularisation (POT's ``reg``), in the units of ``C``.
         rho, reg_m, tau_a, tau_b: marginal penalty strength in one convention (default:
             balanced); a pair gives one value per side.
-        penalty, max_iter, tol, grad, momentum: as in :func:`sinkhorn`.
+        penalty, max_iter, tol, grad, momentum, on_nonconvergence: as in :func:`sinkhorn`.
         scaling: eps-scaling ratio: eps shrinks by ``scaling**2`` a stage, from the largest
             finite ``|C|`` down to ``eps``.
 
@@ -534,7 +657,7 @@ def sinkhorn_from_cost(
     eps_f = check_positive(eps, "eps")
     pen_a, pen_b = resolve_penalties(cost_obj, eps_f, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b,
                                      penalty=penalty)
-    _check_solver_args(max_iter, tol, grad)
+    _check_solver_args(max_iter, tol, grad, on_nonconvergence)
     if pen_a.is_balanced and pen_b.is_balanced:
         _check_balanced_masses(ab, bb)
     finite = torch.isfinite(Cb)
@@ -550,11 +673,12 @@ def sinkhorn_from_cost(
     fin = Cb.detach()[finite]
     start = float(fin.abs().max()) if fin.numel() else eps_f
     eps_list = epsilon_schedule(max(start, eps_f), eps_f, scaling, 2.0)
-    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched)
+    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
+                         on_nonconvergence, "sinkhorn_from_cost")
 
 
 def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a, tau_b, penalty,
-                    max_iter, tol, grad):
+                    max_iter, tol, grad, on_nonconvergence="warn"):
     """Validate the public arguments and resolve conventions (shared by every solver entry).
 
     Returns ``(x, y, a, b)`` batched, ``batched``, the cost, ``eps`` and the two penalties.
@@ -567,15 +691,88 @@ def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a,
     pen_a, pen_b = resolve_penalties(
         cost_obj, eps_f, reach=reach, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty
     )
-    _check_solver_args(max_iter, tol, grad)
+    _check_solver_args(max_iter, tol, grad, on_nonconvergence)
     if pen_a.is_balanced and pen_b.is_balanced:
         _check_balanced_masses(ab, bb)
+    check_coordinate_range(xb, yb, cost_obj)
     return xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b
 
 
-def _check_solver_args(max_iter: int, tol: float, grad: str) -> None:
-    if not isinstance(max_iter, int) or max_iter < 1:
+def check_coordinate_range(x: Tensor, y: Tensor, cost: Cost) -> None:
+    """Refuse coordinates whose built-in cost overflows the dtype (``|x - y|^2`` is formed from
+    centred squared norms, each up to the squared diameter); user callables are checked on their
+    output instead (:func:`check_costs`)."""
+    if isinstance(cost, CallableCost):
+        return
+    with torch.no_grad():
+        pts = torch.cat([x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])])
+        span = (pts.amax(0).double() - pts.amin(0).double()).abs()
+        top = float(span.max())
+        diam = top * float(torch.linalg.vector_norm(span / top)) if top > 0 else 0.0
+    if diam == 0.0:
+        return
+    log_max = math.log(torch.finfo(x.dtype).max)
+    p = cost.p if isinstance(cost, PowerCost) else 2.0
+    if not math.isfinite(diam) or max(2 * math.log(diam) + math.log(4), p * math.log(diam)) >= log_max:
+        raise ValueError(
+            f"the squared distances between x and y overflow {x.dtype} (the points span a distance "
+            f"of {diam:.3g}): rescale the coordinates (and blur / reach with them), or use float64."
+        )
+
+
+def check_costs(ops, cost: Cost, pen_a: Penalty, pen_b: Penalty) -> None:
+    """Check the ground cost before solving, the same way on every backend.
+
+    A user callable must not return NaN or ``-inf`` (``+inf`` forbids a pair); where costs can be
+    ``+inf`` (callables, the HK cone cost past ``kappa * pi / 2``), every point of a balanced side
+    with positive weight needs a finite-cost partner of positive weight, else the problem is
+    infeasible. Dense costs are read directly; lazy backends take one log-domain soft-min of zero
+    potentials (``+inf`` exactly on the rows with no partner, NaN / ``-inf`` where the cost is).
+    """
+    user = isinstance(cost, CallableCost)
+    if not (user or isinstance(cost, HKConeCost)):
+        return
+    C = ops.C if isinstance(ops, TensorizedBackend) else None
+    with torch.no_grad():
+        for side, pen, w, w_other in (("source", pen_a, ops.a, ops.b), ("target", pen_b, ops.b, ops.a)):
+            if not (pen.is_balanced or (user and side == "source")):
+                continue
+            if C is not None:
+                Cs = C if side == "source" else C.transpose(1, 2)
+                bad_value = bool((torch.isnan(Cs) | torch.isneginf(Cs)).any())
+                reach = (torch.isfinite(Cs) & (w_other > 0).unsqueeze(1)).any(-1)
+            else:
+                zeros = torch.zeros_like(w_other)
+                soft = ops.softmin_x_autograd if side == "source" else ops.softmin_y_autograd
+                S = soft(1.0, zeros)
+                bad_value = bool((torch.isnan(S) | torch.isneginf(S)).any())
+                reach = ~torch.isposinf(S)
+            if bad_value:
+                raise ValueError(
+                    f"the cost callable {cost!r} returned NaN or -inf entries; costs must be finite, "
+                    "or +inf to forbid a pair. Check it for overflow or invalid operations."
+                )
+            if pen.is_balanced:
+                lost = ((w > 0) & ~reach).nonzero()
+                if lost.numel():
+                    bi, i = (int(t) for t in lost[0])
+                    where = f"point {i}" + (f" of batch entry {bi}" if w.shape[0] > 1 else "")
+                    hint = (" or a larger kappa (HK moves mass at most kappa * pi / 2)"
+                            if isinstance(cost, HKConeCost) else "")
+                    raise ValueError(
+                        f"infeasible problem: the {side} side is balanced but its {where} (and "
+                        f"{lost.shape[0] - 1} more) has no finite-cost partner with positive weight, "
+                        "so its mass cannot be transported. Use an unbalanced penalty on that side "
+                        f"(reach / rho / tau){hint}, or give that point zero weight."
+                    )
+
+
+def _check_solver_args(max_iter: int, tol: float, grad: str, on_nonconvergence: str = "warn") -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
+        raise TypeError(f"max_iter must be a positive int (not a bool), got {max_iter!r}.")
+    if max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
+    check_policy(on_nonconvergence)
     check_positive(tol, "tol")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}.")
@@ -605,8 +802,34 @@ def _schedule(cost: Cost, x: Tensor, y: Tensor, eps: float, scaling: float,
     return epsilon_schedule(cost.eps_start(diameter), eps, scaling, cost.p)
 
 
+class Solved(NamedTuple):
+    """One solve of the loop, with the end-of-solve check (see :func:`_solve_full`)."""
+
+    f: Tensor
+    g: Tensor
+    n_iters: int
+    converged: bool
+    residual_a: Tensor  # (B,) relative first-order residuals
+    residual_b: Tensor
+    marginal_tol: float
+
+
 def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
            grad: str, *, symmetric: bool, momentum: bool = True) -> tuple[Tensor, Tensor, int, bool]:
+    """:func:`_solve_full` as ``(f, g, n_iters, converged)``."""
+    return tuple(_solve_full(ops, pen_a, pen_b, eps_list, max_iter, tol, grad, symmetric=symmetric,
+                             momentum=momentum)[:4])  # type: ignore[return-value]
+
+
+def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
+                grad: str, *, symmetric: bool, momentum: bool = True) -> Solved:
+    """Run the loop on a backend, check the result, and attach the gradient mode.
+
+    ``converged`` is the loop's stopping rule AND the first-order marginal conditions at the
+    returned potentials to :func:`~torchuot.result.marginal_tolerance` (relative L1), measured once
+    per side by an exact log-domain soft-min: the loop's rule reads changes of the potentials, which
+    a float32 stall or a cached kernel's rounding can bring below the threshold away from the optimum.
+    """
     if grad == "unroll":
         sx, sy, ctx = ops.softmin_x_autograd, ops.softmin_y_autograd, nullcontext()
     else:
@@ -621,15 +844,46 @@ def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter:
                                       max_iter=max(max_iter - n0, 1), tol=tol, symmetric=symmetric,
                                       momentum=momentum)
         n += n0
-    if grad == "envelope":
-        f, g = f.detach(), g.detach()
-    elif grad == "implicit":
-        f, g = _implicit_potentials(ops, pen_a, pen_b, eps_list[-1], f.detach(), g.detach(), symmetric,
-                                    max_iter, tol)
     release = getattr(ops, "release_cache", None)
     if release is not None:  # loop-only buffers (the tensorized kernel cache) are not needed now
         release()
-    return f, g, n, conv
+    eps = eps_list[-1]
+    mtol = marginal_tolerance(tol, f.dtype)
+    # A potential within eps * mtol of a kink (TV's box edge) changes the marginal by < mtol.
+    ra, rb = first_order_residuals(ops, pen_a, pen_b, eps, f.detach(), g.detach(), symmetric, eps * mtol)
+    conv = conv and bool(((ra <= mtol) & (rb <= mtol)).all())
+    if grad == "envelope":
+        f, g = f.detach(), g.detach()
+    elif grad == "implicit":
+        f, g = _implicit_potentials(ops, pen_a, pen_b, eps, f.detach(), g.detach(), symmetric,
+                                    max_iter, tol)
+    return Solved(f, g, n, conv, ra, rb, mtol)
+
+
+def check_convergence(policy: str, solves: Sequence[Solved], where: str, stacklevel: int = 3) -> None:
+    """Apply the non-convergence policy (``"warn"``, ``"raise"``, ``"ignore"``) to ``solves``."""
+    bad = [s for s in solves if not s.converged]
+    if policy == "ignore" or not bad:
+        return
+    s = bad[0]
+    ra, rb = float(s.residual_a.max()), float(s.residual_b.max())
+    msg = (
+        f"{where} did not converge: after {s.n_iters} iterations the relative marginal residuals are "
+        f"{ra:.3g} (source) and {rb:.3g} (target), tolerance {s.marginal_tol:.3g}. The result may be "
+        "wrong: raise max_iter, increase blur / eps, use float64, or pass on_nonconvergence='ignore' "
+        "to accept it."
+    )
+    if policy == "raise":
+        raise ConvergenceError(msg)
+    warnings.warn(msg, ConvergenceWarning, stacklevel=stacklevel)
+
+
+def check_policy(policy: object) -> str:
+    if policy not in NONCONVERGENCE_POLICIES:
+        raise ValueError(
+            f"on_nonconvergence must be one of {NONCONVERGENCE_POLICIES}, got {policy!r}."
+        )
+    return policy  # type: ignore[return-value]
 
 
 def _implicit_potentials(ops, pen_a: Penalty, pen_b: Penalty, eps: float, f: Tensor, g: Tensor,
