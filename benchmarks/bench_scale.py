@@ -1,214 +1,261 @@
-"""Large point clouds: torchuot tensorized / chunked / online vs GeomLoss tensorized / online /
-multiscale, in one process on the same inputs.
+"""Time to accuracy on large point clouds: torchuot (every backend x accuracy settings) against
+GeomLoss (tensorized / online / multiscale x scaling) and OTT-JAX (``sinkhorn_divergence`` x
+threshold).
 
-Task: debiased unbalanced Sinkhorn divergence between two uniform clouds in D = 3
-(blur 0.05, reach 0.5, eps-scaling 0.5), forward + backward w.r.t. ``x``, float32.
-For each N = M: wall time, peak memory (CPU: growth of the resident set above the value
-before the call, sampled every 5 ms; GPU: ``torch.cuda.max_memory_allocated``), the value gap
-and the gradient gap to the reference, and the ratios of our time / memory to GeomLoss's best
-(fastest) backend.
+Task: the debiased unbalanced Sinkhorn divergence between two uniform clouds (``x`` in the unit
+cube, ``y`` in ``[0.15, 0.95]^D``), blur 0.05 (``eps = 0.0025`` for ``|x-y|^2/2``), reach 0.5,
+float32, forward + backward w.r.t. ``x``. For each run: wall time, peak memory (resident-set
+growth sampled every ms, ``benchmarks/_common.measure``) and the relative error of the value
+against a converged float64 reference, computed once per (N, D) and cached under
+``outputs/bench_scale/`` (torchuot tensorized float64, tol 1e-9, where it fits; the online
+(KeOps) backend at N <= 1e4 else; the multiscale backend with truncate = 12, tol 1e-7 above:
+errors below ~1e-6 are not resolved there).
 
-The reference is torchuot's converged value (tensorized where it fits, else online, else
-chunked; the three agree to float32 rounding). torchuot iterates at the target ``eps`` until the
-potentials stop moving (``--tol``, library default 1e-6); GeomLoss stops after its annealing
-schedule, so with ``scaling=0.5`` its value is biased at small blur (about 14% here at N=1e3; it
-approaches torchuot's value as ``--geomloss-scaling`` tends to 1, e.g. 1e-6 at 0.99 -- and
-costs proportionally more iterations).
+The figure of merit: for each accuracy level (1e-1 ... 1e-4) and N, the fastest run of each
+library whose error is at most that level, and our best time over theirs.
+
+Each run is appended to ``outputs/bench_scale/runs.jsonl`` as it finishes (long sweeps can be
+stopped and resumed: finished runs are skipped); ``--table`` prints the table from that file.
+A family of runs (one library x backend) stops at the first run slower than ``--budget`` s
+(runs are ordered from cheap to expensive).
 
 Usage::
 
-    python benchmarks/bench_scale.py                     # N = 1e3, 1e4 on CPU
-    python benchmarks/bench_scale.py --sizes 1000 10000 100000 --device cuda
-    python benchmarks/bench_scale.py --skip torchuot-chunked geomloss-multiscale
-    python benchmarks/bench_scale.py --sizes 1000 --geomloss-scaling 0.9 --tol 1e-3
+    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --sizes 1000 10000 --dims 2 3
+    python benchmarks/bench_scale.py --table --markdown results/bench_scale_table.md
+    python benchmarks/bench_scale.py --sizes 100000 --dims 3 --libs torchuot geomloss --budget 900
 
-Every KeOps formula is compiled by a warm-up run on 300 points before anything is timed.
-Dense (tensorized) runs are skipped when their cost matrices would not fit in memory.
+OTT-JAX is optional (``pip install -e .[bench]``); it is skipped when ``import ott`` fails.
+Its cost is ``|x-y|^2`` (no 1/2): it gets ``eps_ott = 2 eps``, ``tau = rho / (rho + eps)`` and
+its value is halved.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import io
+import json
 import math
 import os
-import threading
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-import torchuot
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torchuot  # noqa: E402
+from _common import measure  # noqa: E402
+from torchuot.backends import Multiscale  # noqa: E402
 
-BLUR, REACH, SCALING, D = 0.05, 0.5, 0.5, 3
+BLUR, REACH = 0.05, 0.5
+LEVELS = (1e-1, 1e-2, 1e-3, 1e-4)
+OUT = Path(os.environ.get("TORCHUOT_BENCH_OUT", "outputs/bench_scale"))
+
+
+def clouds(n: int, d: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(n * 10 + d)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    y = 0.15 + 0.8 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def dense_fits(n: int, itemsize: int = 4, copies: int = 8) -> bool:
+    with open("/proc/meminfo") as fh:
+        avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
+    return copies * n * n * itemsize < 0.5 * avail
+
+
+# ---------------------------------------------------------------------------- reference
+def reference(n: int, d: int) -> tuple[float, str]:
+    path = OUT / f"ref_n{n}_d{d}.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        return r["value"], r["how"]
+    x, y = clouds(n, d, torch.float64)
+    if dense_fits(n, 8, copies=4):
+        how, backend = "tensorized float64 tol 1e-9", "tensorized"
+    elif n <= 10_000 and torchuot.backends.keops_status(torch.float64)[0]:
+        how, backend = "online (KeOps) float64 tol 1e-9", "online"
+    else:
+        how, backend = "multiscale truncate=12 float64 tol 1e-7", Multiscale(truncate=12.0)
+    t0 = time.perf_counter()
+    tol = 1e-7 if isinstance(backend, Multiscale) else 1e-9
+    v = torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, max_iter=20000, backend=backend)
+    r = {"value": float(v), "how": how, "seconds": time.perf_counter() - t0}
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+    return r["value"], how
 
 
 # ---------------------------------------------------------------------------- runners
-def torchuot_runner(backend: str, args: argparse.Namespace):
+def ours(backend, tol: float, scaling: float = 0.5):
     def run(x, y):
-        return torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, scaling=SCALING,
-                                            tol=args.tol, backend=backend)
+        return torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, scaling=scaling,
+                                            backend=backend)
     return run
 
 
-def geomloss_runner(backend: str, args: argparse.Namespace):
+def geomloss(backend: str, scaling: float):
     with contextlib.redirect_stdout(io.StringIO()):
         from geomloss import SamplesLoss
+    loss = SamplesLoss("sinkhorn", p=2, blur=BLUR, reach=REACH, scaling=scaling, debias=True, backend=backend)
+    return lambda x, y: loss(x, y)
 
-    loss = SamplesLoss("sinkhorn", p=2, blur=BLUR, reach=REACH, scaling=args.geomloss_scaling,
-                       debias=True, backend=backend)
+
+def ott_runner(threshold: float):
+    import jax
+    import jax.numpy as jnp
+    from ott.geometry import pointcloud
+    from ott.tools import sinkhorn_divergence as sd
+
+    eps = BLUR**2
+    tau = REACH**2 / (REACH**2 + eps)
+
+    @jax.jit
+    def value_and_grad(xj, yj):
+        def f(xj):
+            div, _ = sd.sinkhorn_divergence(pointcloud.PointCloud, xj, yj, epsilon=2 * eps,
+                                            solve_kwargs={"tau_a": tau, "tau_b": tau, "threshold": threshold,
+                                                          "max_iterations": 5000})
+            return div / 2
+        return jax.value_and_grad(f)(xj)
 
     def run(x, y):
-        return loss(x, y)
+        v, gx = value_and_grad(jnp.asarray(x.detach().numpy()), jnp.asarray(y.numpy()))
+        gx.block_until_ready()
+        return float(v)
+    run.self_grad = True  # value and gradient computed inside
     return run
 
 
-METHODS = {
-    "torchuot-tensorized": (torchuot_runner, "tensorized"),
-    "torchuot-chunked": (torchuot_runner, "chunked"),
-    "torchuot-online": (torchuot_runner, "online"),
-    "geomloss-tensorized": (geomloss_runner, "tensorized"),
-    "geomloss-online": (geomloss_runner, "online"),
-    "geomloss-multiscale": (geomloss_runner, "multiscale"),
-}
-
-
-# ---------------------------------------------------------------------------- measuring
-def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure(fn, x, y):
-    """Run forward + backward once; return (value, grad_x, seconds, peak bytes)."""
-    gc.collect()
-    xr = x.clone().requires_grad_()
-    cuda = x.is_cuda
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss()
-    peak, stop = [base], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.005)
-
-    watcher = None if cuda else threading.Thread(target=watch, daemon=True)
-    if watcher:
-        watcher.start()
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                val = fn(xr, y)
-                (grad,) = torch.autograd.grad(val, xr)
-        if cuda:
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - t0
-    finally:
-        stop.set()
-        if watcher:
-            watcher.join()
-    mem = (torch.cuda.max_memory_allocated() - base) if cuda else (max(peak[0], _rss()) - base)
-    return float(val.detach()), grad.detach(), secs, mem
-
-
-def dense_fits(n: int, device: torch.device) -> bool:
-    """About eight N x N float32 buffers at once (GeomLoss: C_xy, C_yx, C_xx, C_yy + temporaries)."""
-    need = 8 * n * n * 4
-    if device.type == "cuda":
-        return need < 0.8 * torch.cuda.get_device_properties(device).total_memory
-    with open("/proc/meminfo") as fh:
-        avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
-    return need < 0.5 * avail
-
-
-# ---------------------------------------------------------------------------- main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(METHODS))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--tol", type=float, default=1e-6, help="torchuot stopping tolerance")
-    parser.add_argument("--geomloss-scaling", type=float, default=SCALING,
-                        help="GeomLoss eps-scaling ratio (its iteration count)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    methods = {k: v for k, v in METHODS.items() if k not in args.skip}
-    runners = {}
-    for name, (factory, backend) in methods.items():
+def families(n: int, d: int, libs: list[str]) -> dict[str, list[tuple[str, object]]]:
+    """Runs grouped by family, each family ordered from cheap to expensive."""
+    fam: dict[str, list[tuple[str, object]]] = {}
+    tols = (1.0, 1e-1, 1e-2, 1e-3, 1e-6)
+    if "torchuot" in libs:
+        for be in ("multiscale", "online", "tensorized", "chunked"):
+            if be == "tensorized" and not dense_fits(n):
+                continue
+            if be == "chunked" and n > 10_000:
+                continue
+            fam[f"torchuot-{be}"] = [(f"tol={t:g}", ours(be, t)) for t in tols]
+        fam["torchuot-multiscale-t5"] = [(f"tol={t:g},truncate=5", ours(Multiscale(truncate=5.0), t))
+                                         for t in (1.0, 1e-1, 1e-2)]
+    if "geomloss" in libs:
+        for be in ("multiscale", "online", "tensorized"):
+            if be == "tensorized" and not dense_fits(n):
+                continue
+            if be == "multiscale" and d > 3:
+                continue
+            fam[f"geomloss-{be}"] = [(f"scaling={s:g}", geomloss(be, s)) for s in (0.5, 0.7, 0.8, 0.9, 0.95)]
+    if "ott" in libs:
         try:
-            runners[name] = factory(backend, args)
+            import ott  # noqa: F401
+
+            fam["ott-sinkhorn_divergence"] = [(f"threshold={t:g}", ott_runner(t)) for t in (1e-1, 1e-2, 1e-3, 1e-4)]
         except ImportError as err:
-            print(f"# {name}: unavailable ({err})")
+            print(f"# ott-jax unavailable ({err}); pip install -e .[bench]")
+    return fam
 
-    gen = torch.Generator().manual_seed(0)
-    # Warm-up (KeOps compilation, allocator) on a small problem.
-    xw, yw = torch.rand(300, D, generator=gen).to(device), torch.rand(300, D, generator=gen).to(device)
-    for name, fn in list(runners.items()):
-        try:
-            measure(fn, xw, yw)
-        except Exception as err:  # noqa: BLE001  (a backend that cannot run here is reported)
-            print(f"# {name}: failed at warm-up ({type(err).__name__}: {str(err)[:200]})")
-            runners.pop(name)
 
-    cpu = torch.get_num_threads()
-    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {cpu} torch threads"
-    print(f"# device: {device} ({what}), torch {torch.__version__}, D={D}, blur={BLUR}, "
-          f"reach={REACH}, scaling={SCALING} (GeomLoss {args.geomloss_scaling}), torchuot tol={args.tol}, "
-          "float32")
-    header = (f"{'N=M':>8} {'method':<21} {'time s':>9} {'peak MiB':>9} {'value':>12} "
-              f"{'value gap':>9} {'grad gap':>9} {'time/GL':>8} {'mem/GL':>7} {'backend':>10}")
-    print(header)
-    print("-" * len(header))
+# ---------------------------------------------------------------------------- sweep and table
+def load_runs() -> list[dict]:
+    path = OUT / "runs.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sweep(args: argparse.Namespace) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    done = {(r["n"], r["d"], r["family"], r["setting"]) for r in load_runs()}
+    # Warm-up: KeOps formulas and JAX traces on a small problem (not timed).
     for n in args.sizes:
-        x = torch.rand(n, D, generator=gen).to(device)
-        y = (0.2 + 0.8 * torch.rand(n, D, generator=gen)).to(device)
-        rows = {}
-        for name, fn in runners.items():
-            if name.endswith("tensorized") and not dense_fits(n, device):
-                rows[name] = None
-                continue
-            try:
-                rows[name] = measure(fn, x, y)
-            except Exception as err:  # noqa: BLE001
-                print(f"# {name} N={n}: {type(err).__name__}: {str(err)[:200]}")
-                rows[name] = None
-        ref_name = next((k for k in ("torchuot-tensorized", "torchuot-online", "torchuot-chunked")
-                         if rows.get(k)), None)
-        gl = {k: v for k, v in rows.items() if k.startswith("geomloss") and v}
-        best = min(gl.values(), key=lambda r: r[2]) if gl else None
-        for name, r in rows.items():
-            if r is None:
-                print(f"{n:>8} {name:<21} {'skipped (dense N x M does not fit / failed)':>50}")
-                continue
-            val, grad, secs, mem = r
-            vgap = ggap = math.nan
-            if ref_name:
-                rv, rg = rows[ref_name][0], rows[ref_name][1]
-                vgap = abs(val - rv) / max(abs(rv), 1e-30)
-                ggap = float((grad - rg).norm() / rg.norm().clamp_min(1e-30))
-            tr = secs / best[2] if best and name.startswith("torchuot") else math.nan
-            # Below 1 MiB the RSS sampler cannot resolve a ratio (KeOps runs allocate ~nothing).
-            mr = mem / best[3] if best and best[3] >= 2**20 and name.startswith("torchuot") else math.nan
-            used = ""
-            if name.startswith("torchuot"):
-                used = name.split("-")[1]
-            print(f"{n:>8} {name:<21} {secs:>9.3f} {mem / 2**20:>9.1f} {val:>12.6g} {vgap:>9.1e} "
-                  f"{ggap:>9.1e} {tr:>8.2f} {mr:>7.2f} {used:>10}")
-        if best:
-            bname = next(k for k, v in gl.items() if v is best)
-            print(f"{'':>8} (GeomLoss best at N={n}: {bname}; gaps vs {ref_name})")
+        for d in args.dims:
+            ref, how = reference(n, d)
+            print(f"# N={n} D={d}: reference {ref:.9g} ({how})", flush=True)
+            xw, yw = clouds(300, d)
+            x, y = clouds(n, d)
+            for fam, runs in families(n, d, args.libs).items():
+                if fam in args.skip:
+                    continue
+                for setting, fn in runs:
+                    key = (n, d, fam, setting)
+                    if key in done:
+                        continue
+                    try:
+                        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                            warnings.simplefilter("ignore")
+                            _call(fn, xw, yw)  # compile / trace at this setting
+                            (val, _), secs, mib = measure(lambda: _call(fn, x, y))
+                    except Exception as err:  # noqa: BLE001  (a failing library is reported, not fatal)
+                        print(f"# {fam} {setting} N={n}: {type(err).__name__}: {str(err)[:160]}", flush=True)
+                        break
+                    err_rel = abs(val - ref) / abs(ref)
+                    row = dict(n=n, d=d, family=fam, setting=setting, seconds=secs, peak_mib=mib,
+                               value=val, rel_error=err_rel, threads=torch.get_num_threads())
+                    with open(OUT / "runs.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    print(f"{n:>8} {d} {fam:<26} {setting:<22} {secs:9.2f} s {mib:8.1f} MiB  "
+                          f"err {err_rel:8.1e}", flush=True)
+                    if secs > args.budget:
+                        print(f"# {fam}: {secs:.0f} s > budget {args.budget} s, stopping this family", flush=True)
+                        break
+
+
+def _call(fn, x, y):
+    if getattr(fn, "self_grad", False):
+        return fn(x, y), None
+    xr = x.clone().requires_grad_()
+    v = fn(xr, y)
+    (g,) = torch.autograd.grad(v, xr)
+    return float(v.detach()), g
+
+
+def table(markdown: str | None) -> str:
+    runs = load_runs()
+    lines = ["| N | D | error <= | torchuot best (s) | setting | GeomLoss best (s) | setting | ours/GL "
+             "| OTT-JAX best (s) | ours/OTT |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["n"], r["d"]) for r in runs})
+    for n, d in keys:
+        rs = [r for r in runs if r["n"] == n and r["d"] == d]
+        for lev in LEVELS:
+            best = {}
+            for lib in ("torchuot", "geomloss", "ott"):
+                ok = [r for r in rs if r["family"].startswith(lib) and r["rel_error"] <= lev]
+                best[lib] = min(ok, key=lambda r: r["seconds"]) if ok else None
+            o, g, t = best["torchuot"], best["geomloss"], best["ott"]
+
+            def cell(r):
+                return (f"{r['seconds']:.2f}", f"{r['family'].split('-', 1)[1]} {r['setting']}") if r else ("--", "")
+            oc, gc_, tc = cell(o), cell(g), cell(t)
+            rg = f"{o['seconds'] / g['seconds']:.2f}" if o and g else ("ours only" if o else "--")
+            rt = f"{o['seconds'] / t['seconds']:.2f}" if o and t else "--"
+            lines.append(f"| {n:,} | {d} | {lev:g} | {oc[0]} | {oc[1]} | {gc_[0]} | {gc_[1]} | {rg} | {tc[0]} | {rt} |")
+    text = "\n".join(lines)
+    if markdown:
+        Path(markdown).write_text(text + "\n")
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--dims", type=int, nargs="+", default=[3])
+    p.add_argument("--libs", nargs="+", default=["torchuot", "geomloss", "ott"])
+    p.add_argument("--skip", nargs="*", default=[], help="families to leave out, e.g. torchuot-online")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budget", type=float, default=300.0, help="seconds: a family stops after a slower run")
+    p.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    p.add_argument("--markdown", default=None, help="also write the table there")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.table:
+        sweep(args)
+    print(table(args.markdown))
 
 
 if __name__ == "__main__":
