@@ -27,3 +27,10 @@ def test_joint_protocol_runs_end_to_end(tmp_path, shared_data):
     res = json.loads((tmp_path / "joint_study_protocol.json").read_text())["results"]
     rows = {r["method"]: r for r in res["mnist"]["seeds"][0]["rows"]}
     assert rows["positive control (raw view twice)"]["foscttm"] < 0.05
+    # The report re-renders from the saved JSON without recomputing.
+    again = tmp_path / "again"
+    out = subprocess.run([sys.executable, "-m", "training.experiments.joint_protocol", "--report-from",
+                          str(tmp_path / "joint_study_protocol.json"), "--out", str(again)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (again / "joint_study_protocol.md").read_text() == report
