@@ -47,21 +47,21 @@ from torchuot.joint import (
     foscttm_best_symmetry,
     grid_space,
     joint_mds,
-    knn_geodesic_distances,
     procrustes,
     sphere_space,
     torus_space,
 )
 from training.datasets import DataNotFoundError
 
-from .joint_study import make_mnist_pair
+from .joint_study import _distances, make_mnist_pair
 
 F64 = torch.float64
 
 
-def _distances(v: torch.Tensor, k: int) -> torch.Tensor:
-    D = knn_geodesic_distances(v, k, disconnected="max")
-    return D / D.max()
+def _cells(r: dict) -> tuple[str, str]:
+    """Report cells ``(sym, spread)`` of a result row (empty where not measured)."""
+    spread = f"{r['spread_x']:.2f} / {r['spread_y']:.2f}" if "spread_x" in r else ""
+    return (f"{r['foscttm_sym']:.3f}" if "foscttm_sym" in r else ""), spread
 
 
 def _scores(ex: torch.Tensor, ey: torch.Tensor, idx: torch.Tensor, space=None) -> dict:
@@ -388,8 +388,7 @@ def write_report(res: dict, args) -> None:
         ]
         for s in res["mnist"]["seeds"]:
             for r in s["rows"]:
-                spread = f"{r['spread_x']:.2f} / {r['spread_y']:.2f}" if "spread_x" in r else ""
-                sym = f"{r['foscttm_sym']:.3f}" if "foscttm_sym" in r else ""
+                sym, spread = _cells(r)
                 w = f"{r['wasserstein']:.4f}" if "wasserstein" in r else ""
                 gw = f"{r['gw_x']:.4f}" if "gw_x" in r else ""
                 L.append(
@@ -470,8 +469,7 @@ def write_report(res: dict, args) -> None:
         ]
         for s in res["shapes"]["seeds"]:
             for r in s["rows"]:
-                spread = f"{r['spread_x']:.2f} / {r['spread_y']:.2f}" if "spread_x" in r else ""
-                sym = f"{r['foscttm_sym']:.3f}" if "foscttm_sym" in r else ""
+                sym, spread = _cells(r)
                 L.append(
                     f"| {s['seed']} | {r['method']} | {r['foscttm']:.3f} | {r['foscttm_strict']:.3f} | "
                     f"{sym} | {spread} | {r['seconds']:.1f} |"
