@@ -69,12 +69,12 @@ def dense_fits(n: int, itemsize: int = 4, copies: int = 8) -> bool:
 
 
 # ---------------------------------------------------------------------------- reference
-def reference(n: int, d: int) -> tuple[float, str]:
+def reference(n: int, d: int, device: str = "cpu") -> tuple[float, str]:
     path = OUT / f"ref_n{n}_d{d}.json"
     if path.exists():
         r = json.loads(path.read_text())
         return r["value"], r["how"]
-    x, y = clouds(n, d, torch.float64)
+    x, y = (t.to(device) for t in clouds(n, d, torch.float64))
     if dense_fits(n, 8, copies=4):
         how, backend = "tensorized float64 tol 1e-9", "tensorized"
     elif n <= 10_000 and torchuot.backends.keops_status(torch.float64)[0]:
@@ -124,7 +124,7 @@ def ott_runner(threshold: float):
         return jax.value_and_grad(f)(xj)
 
     def run(x, y):
-        v, gx = value_and_grad(jnp.asarray(x.detach().numpy()), jnp.asarray(y.numpy()))
+        v, gx = value_and_grad(jnp.asarray(x.detach().cpu().numpy()), jnp.asarray(y.cpu().numpy()))
         gx.block_until_ready()
         return float(v)
     run.self_grad = True  # value and gradient computed inside
@@ -175,10 +175,10 @@ def sweep(args: argparse.Namespace) -> None:
     # Warm-up: KeOps formulas and JAX traces on a small problem (not timed).
     for n in args.sizes:
         for d in args.dims:
-            ref, how = reference(n, d)
+            ref, how = reference(n, d, args.device)
             print(f"# N={n} D={d}: reference {ref:.9g} ({how})", flush=True)
-            xw, yw = clouds(300, d)
-            x, y = clouds(n, d)
+            xw, yw = (t.to(args.device) for t in clouds(300, d))
+            x, y = (t.to(args.device) for t in clouds(n, d))
             for fam, runs in families(n, d, args.libs).items():
                 if fam in args.skip:
                     continue
@@ -196,7 +196,8 @@ def sweep(args: argparse.Namespace) -> None:
                         break
                     err_rel = abs(val - ref) / abs(ref)
                     row = dict(n=n, d=d, family=fam, setting=setting, seconds=secs, peak_mib=mib,
-                               value=val, rel_error=err_rel, threads=torch.get_num_threads())
+                               value=val, rel_error=err_rel, threads=torch.get_num_threads(),
+                               device=args.device)
                     with open(OUT / "runs.jsonl", "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                     print(f"{n:>8} {d} {fam:<26} {setting:<22} {secs:9.2f} s {mib:8.1f} MiB  "
@@ -248,6 +249,7 @@ def main() -> None:
     p.add_argument("--libs", nargs="+", default=["torchuot", "geomloss", "ott"])
     p.add_argument("--skip", nargs="*", default=[], help="families to leave out, e.g. torchuot-online")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--budget", type=float, default=300.0, help="seconds: a family stops after a slower run")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--markdown", default=None, help="also write the table there")

@@ -222,3 +222,20 @@ def test_million_points_in_bounded_memory():
         t.join()
     assert res.backend == "multiscale" and math.isfinite(value)
     assert peak[0] - base < 2 * 2**30, f"peak RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+
+
+def test_gradcheck_of_the_tile_soft_mins():
+    # The squared-Euclidean tiles have an explicit backward: float64 gradcheck w.r.t. x, y, b, g.
+    g0 = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 60, 2, generator=g0, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(1, 50, 2, generator=g0, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(1, 60, generator=g0, dtype=torch.float64) + 0.5
+    b = (torch.rand(1, 50, generator=g0, dtype=torch.float64) + 0.5).requires_grad_()
+    h = (0.01 * torch.randn(1, 50, generator=g0, dtype=torch.float64)).requires_grad_()
+
+    def fn(x, y, b, h):
+        ops = MultiscaleBackend(x, y, a, b, SquaredEuclidean(), eps=0.01, block_scale=0.2)
+        f0 = torch.zeros(1, 60, dtype=x.dtype)
+        return ops.softmin_x_autograd(0.01, h), ops.softmin_y_autograd(0.01, f0)
+
+    assert torch.autograd.gradcheck(fn, (x, y, b, h), atol=1e-7, rtol=1e-5)

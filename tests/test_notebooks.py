@@ -14,6 +14,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Kernels run in notebooks/: hand them the data root as an absolute path.
     monkeypatch.setenv("TORCHUOT_DATA_ROOT", str(data_root()))
+    monkeypatch.setenv("TORCHUOT_NOTEBOOK_N", "3000")  # notebook 02's gradient flow (1e5 by hand)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
