@@ -209,3 +209,21 @@ def test_identical_inputs_give_zero_and_finite_gradients(gen):
     val = sliced_wasserstein(x, x.detach().clone(), n_projections=8, generator=gen)
     val.backward()
     assert float(val.detach()) == 0.0 and bool(torch.isfinite(x.grad).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_min_swgg_zero_gradient_step_keeps_the_direction(dtype):
+    """Issue 14: a tie between antithetic costs gives a zero gradient; in float32 the old
+    ``clamp_min(1e-300)`` was ``clamp_min(0)`` and the step was 0 / 0 = NaN (refinement stopped)."""
+    from torchuot.sliced import _sphere_step
+
+    cur = torch.nn.functional.normalize(torch.tensor([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0]], dtype=dtype), dim=-1)
+    grad = torch.zeros_like(cur)
+    grad[1] = cur[1] * 3.0  # purely radial: zero once projected on the tangent space
+    out = _sphere_step(cur, grad, 0.1)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, cur)
+    moved = _sphere_step(cur, torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=dtype), 0.1)
+    assert torch.allclose(moved.norm(dim=-1), torch.ones(2, dtype=dtype))
+    assert float((moved - cur).norm(dim=-1).min()) > 0.05
+

@@ -4,7 +4,7 @@ from .costs import CallableCost, Cost, HKConeCost, PowerCost, SquaredEuclidean
 from .divergence import hk_distance, sinkhorn_divergence
 from .losses import HKLoss, SinkhornDivergence, UnbalancedSinkhornLoss
 from .penalties import KL, TV, Balanced, Penalty, ReverseKL
-from .result import UOTResult
+from .result import ConvergenceError, ConvergenceWarning, UOTResult
 from .sinkhorn import epsilon_schedule, sinkhorn, sinkhorn_from_cost
 
 __version__ = "0.1.0"
@@ -19,6 +19,8 @@ __all__ = [
     "HKLoss",
     "epsilon_schedule",
     "UOTResult",
+    "ConvergenceError",
+    "ConvergenceWarning",
     "Cost",
     "SquaredEuclidean",
     "PowerCost",

@@ -27,6 +27,10 @@ def as_points(x: object, name: str) -> tuple[Tensor, bool]:
         )
     batched = x.dim() == 3
     xb = x if batched else x.unsqueeze(0)
+    if xb.shape[0] == 0:
+        raise ValueError(
+            f"{name} is an empty batch (B = 0, shape {tuple(x.shape)}); give at least one problem."
+        )
     if xb.shape[1] == 0:
         raise ValueError(f"{name} is an empty measure (no points, shape {tuple(x.shape)}).")
     if xb.shape[2] == 0:

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import torch
 
 from ._typing import Tensor
+from ._validation import check_positive
 from .backends import TensorizedBackend
 from .costs import SquaredEuclidean
-from .sinkhorn import _solve, epsilon_schedule, resolve_penalties
+from .sinkhorn import _check_solver_args, _solve_full, check_convergence, epsilon_schedule, resolve_penalties
 
 __all__ = ["PlanSampler", "CouplingSample", "COUPLING_METHODS", "pairwise_cost"]
 
@@ -102,6 +103,9 @@ class PlanSampler:
             replacement ``k`` may not exceed the number of non-zero entries of the plan.
         on_failure: ``"raise"`` (default) or ``"warn"`` (fall back to independent pairs with a
             warning) when the plan underflows or is not finite.
+        on_nonconvergence: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when the Sinkhorn
+            solve stops unconverged (as in :func:`torchuot.sinkhorn`; with this sampler's ``tol``,
+            the marginal tolerance is ``1e-2``).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class PlanSampler:
         scaling: float = 0.5,
         replace: bool = True,
         on_failure: str = "raise",
+        on_nonconvergence: str = "warn",
     ) -> None:
         if method not in COUPLING_METHODS:
             raise ValueError(f"method must be one of {COUPLING_METHODS}, got {method!r}.")
@@ -130,8 +135,17 @@ class PlanSampler:
             raise ValueError(f"normalize_cost must be 'mean', 'max' or None, got {normalize_cost!r}.")
         if on_failure not in ("raise", "warn"):
             raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}.")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
+        _check_solver_args(max_iter, tol, "envelope", on_nonconvergence)  # max_iter, tol, policy
+        if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < 1:
+            raise ValueError(f"scaling must lie in (0, 1) (eps-scaling ratio), got {scaling!r}.")
+        if not isinstance(replace, bool):
+            raise TypeError(f"replace must be a bool, got {type(replace)!r}.")
+        if reach is not None:
+            for r in (reach if isinstance(reach, (tuple, list)) else (reach,)):
+                if r is not None:
+                    check_positive(r, "reach", allow_inf=True)
+            if isinstance(reach, (tuple, list)) and len(reach) != 2:
+                raise ValueError(f"reach must be a number or a pair (source, target), got {reach!r}.")
         self.method = method
         self.eps = float(eps)
         self.tau_a = float(tau_a)
@@ -143,6 +157,7 @@ class PlanSampler:
         self.scaling = float(scaling)
         self.replace = bool(replace)
         self.on_failure = on_failure
+        self.on_nonconvergence = on_nonconvergence
 
     def __repr__(self) -> str:
         extra = ""
@@ -219,9 +234,11 @@ class PlanSampler:
         # The eps schedule starts at the largest cost of the batch (the bounding box's diagonal
         # of GeomLoss is far larger in high dimension): fewer annealing stages, same solution.
         eps_list = epsilon_schedule(max(float(C.max()), self.eps), self.eps, self.scaling, 2.0)
-        f, g, n_iters, converged = _solve(
+        solved = _solve_full(
             ops, pen_a, pen_b, eps_list, self.max_iter, self.tol, "envelope", symmetric=False
         )
+        check_convergence(self.on_nonconvergence, [solved], f"PlanSampler({self.method!r})", stacklevel=5)
+        f, g, n_iters, converged = solved[:4]
         # log pi_ij = log a_i + log b_j + (f_i + g_j - C_ij) / eps, built in place in one buffer;
         # the plan divided by its mass is the softmax of the flattened log-plan: one fused op
         # that cannot underflow (and avoids the slow path of exp far below -87 on CPU).
@@ -306,6 +323,13 @@ class PlanSampler:
             with torch.no_grad():
                 P, n_iters, converged = self._solve(f0, f1)
                 P = self._normalise(P, n, m)
+        if not self.replace:
+            support = int((P > 0).sum())
+            if k > support:
+                raise ValueError(
+                    f"replace=False draws distinct pairs, but k={k} exceeds the {support} pairs with "
+                    f"non-zero probability in the {n} x {m} plan; lower k or use replace=True."
+                )
         flat = torch.multinomial(P.reshape(-1), k, replacement=self.replace, generator=generator)
         i, j = flat // m, flat % m
         return CouplingSample(i, j, P.sum(1), P.sum(0), n_iters, converged)

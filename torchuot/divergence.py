@@ -19,7 +19,7 @@ from ._validation import check_positive
 from .backends import resolve_backend
 from .costs import CostLike, HKConeCost
 from .penalties import PenaltyLike
-from .sinkhorn import _schedule, _solve, dual_value, prepare_problem
+from .sinkhorn import _schedule, _solve_full, check_convergence, check_costs, dual_value, prepare_problem
 
 __all__ = ["sinkhorn_divergence", "hk_distance", "hk_setup", "debiased_value", "HK_RHO"]
 
@@ -72,11 +72,13 @@ def sinkhorn_divergence(
     grad: str = "envelope",
     backend: str = "auto",
     momentum: bool = True,
+    on_nonconvergence: str = "warn",
 ) -> Tensor:
     """Debiased (unbalanced) Sinkhorn divergence ``S_eps(a, b)``.
 
     Arguments and conventions as :func:`torchuot.sinkhorn`. The self terms ``OT(a, a)`` and
     ``OT(b, b)`` use the source's and the target's penalty on both sides respectively.
+    ``on_nonconvergence`` applies to each of the three solves.
 
     Returns:
         ``(B,)`` values, or a scalar for unbatched inputs. Differentiable.
@@ -84,17 +86,22 @@ def sinkhorn_divergence(
     xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b = prepare_problem(
         x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
         tau_a=tau_a, tau_b=tau_b, penalty=penalty, max_iter=max_iter, tol=tol, grad=grad,
+        on_nonconvergence=on_nonconvergence,
     )
     ops_xy = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
     ops_xx = resolve_backend(backend, xb, xb, ab, ab, cost_obj)
     ops_yy = resolve_backend(backend, yb, yb, bb, bb, cost_obj)
+    for ops, pa, pb in ((ops_xy, pen_a, pen_b), (ops_xx, pen_a, pen_a), (ops_yy, pen_b, pen_b)):
+        check_costs(ops, cost_obj, pa, pb)
     # One schedule for the three problems, from the joint diameter (as GeomLoss).
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops_xy)
     # A value only: its implicit gradient is the envelope one (no linear solve needed).
     common = dict(max_iter=max_iter, tol=tol, grad="envelope" if grad == "implicit" else grad)
-    f, g, *_ = _solve(ops_xy, pen_a, pen_b, eps_list, symmetric=False, momentum=momentum, **common)
-    f_aa, _, *_ = _solve(ops_xx, pen_a, pen_a, eps_list, symmetric=True, **common)
-    g_bb, _, *_ = _solve(ops_yy, pen_b, pen_b, eps_list, symmetric=True, **common)
+    s_xy = _solve_full(ops_xy, pen_a, pen_b, eps_list, symmetric=False, momentum=momentum, **common)
+    s_xx = _solve_full(ops_xx, pen_a, pen_a, eps_list, symmetric=True, **common)
+    s_yy = _solve_full(ops_yy, pen_b, pen_b, eps_list, symmetric=True, **common)
+    check_convergence(on_nonconvergence, [s_xy, s_xx, s_yy], "sinkhorn_divergence")
+    f, g, f_aa, g_bb = s_xy.f, s_xy.g, s_xx.f, s_yy.f
     ot_ab = dual_value(ops_xy, pen_a, pen_b, eps_f, f, g)
     ot_aa = dual_value(ops_xx, pen_a, pen_a, eps_f, f_aa, f_aa)
     ot_bb = dual_value(ops_yy, pen_b, pen_b, eps_f, g_bb, g_bb)
@@ -118,6 +125,7 @@ def hk_distance(
     tol: float = 1e-6,
     grad: str = "envelope",
     backend: str = "auto",
+    on_nonconvergence: str = "warn",
 ) -> Tensor:
     """Entropic Hellinger-Kantorovich distance (squared by default).
 
@@ -132,6 +140,8 @@ def hk_distance(
             Default ``blur = 0.05 * kappa``.
         debias: return the debiased divergence (zero on identical inputs) rather than ``OT_eps``.
         squared: return ``HK^2`` (default) or ``HK = sqrt(max(HK^2, 0))``.
+        on_nonconvergence: ``"warn"`` (default), ``"raise"`` or ``"ignore"``, as in
+            :func:`torchuot.sinkhorn`.
     """
     if blur is not None and eps is not None:
         raise ValueError("give either blur or eps, not both.")
@@ -139,7 +149,7 @@ def hk_distance(
     cost, eps_blur, rho = hk_setup(kappa, 0.05 * kappa if blur is None else blur)
     eps = eps_blur if eps is None else eps
     kw = dict(cost=cost, eps=eps, rho=rho, penalty="kl", scaling=scaling, max_iter=max_iter,
-              tol=tol, grad=grad, backend=backend)
+              tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence)
     if debias:
         val = sinkhorn_divergence(x, y, a, b, **kw)  # type: ignore[arg-type]
     else:

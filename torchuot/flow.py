@@ -55,6 +55,12 @@ def sample_time(
 def _check_pair(x0: Tensor, x1: Tensor) -> None:
     if not isinstance(x0, torch.Tensor) or not isinstance(x1, torch.Tensor):
         raise TypeError(f"x0 and x1 must be tensors, got {type(x0)!r} and {type(x1)!r}.")
+    for name, x in (("x0", x0), ("x1", x1)):
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
+                f"{name}.float() (integer pixels: also scale them, e.g. {name}.float() / 255)."
+            )
     if x0.shape != x1.shape:
         raise ValueError(
             f"x0 and x1 must have the same shape (paired samples), got {tuple(x0.shape)} and "
@@ -164,11 +170,21 @@ def odeint(
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
         raise TypeError(f"x0 must be a tensor of shape (B, ...), got {type(x0)!r}.")
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}; use x0.float().")
     B = x0.shape[0]
     times = torch.linspace(t0, t1, steps + 1, dtype=x0.dtype, device=x0.device)
 
     def field(t: Tensor, x: Tensor) -> Tensor:
-        return v(t.expand(B), x)
+        out = v(t.expand(B), x)
+        # A velocity of another shape would broadcast silently (e.g. (B, 1) over (B, D)).
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)
+            raise ValueError(
+                f"the velocity field must return a tensor of the state's shape {tuple(x.shape)}, "
+                f"got {got}."
+            )
+        return out
 
     if method == "dopri5":
         try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ._typing import Tensor
-from .costs import CostLike
+from .costs import CostLike, HKConeCost
 from .divergence import hk_distance, sinkhorn_divergence
 from .penalties import PenaltyLike
 from .sinkhorn import sinkhorn
@@ -44,6 +44,29 @@ def _check_reduction(reduction: str) -> str:
     return reduction
 
 
+def _check_conventions(blur: object, eps: object, reach: object, rho: object, tau_a: object,
+                       tau_b: object) -> None:
+    """Conflicting conventions raise here as they do in the functions (no silent pick)."""
+    if blur is not None and eps is not None:
+        raise ValueError(
+            f"give either blur (GeomLoss convention) or eps (OTT/POT), not both; got blur={blur!r} "
+            f"and eps={eps!r}."
+        )
+    given = [n for n, v in (("reach", reach), ("rho", rho)) if v is not None]
+    if tau_a is not None or tau_b is not None:
+        given.append("tau_a/tau_b")
+    if len(given) > 1:
+        raise ValueError(
+            f"give the marginal penalty strength in one convention only, got {', '.join(given)}."
+        )
+
+
+def _check_loop_args(max_iter: object, tol: object, grad: object, on_nonconvergence: object) -> None:
+    from .sinkhorn import _check_solver_args
+
+    _check_solver_args(max_iter, tol, grad, on_nonconvergence)  # type: ignore[arg-type]
+
+
 class _SolverLoss(nn.Module):
     def __init__(self, *, reduction: str, **solver_kwargs: object) -> None:
         super().__init__()
@@ -63,19 +86,21 @@ class UnbalancedSinkhornLoss(_SolverLoss):
     instead (see :attr:`torchuot.UOTResult.value_geomloss`).
 
     Args:
-        blur, eps: entropic regularisation (``eps = blur**p``).
-        reach, rho, tau_a, tau_b: KL/TV strength (``rho = reach**p``; default ``reach=1``).
+        blur, eps: entropic regularisation (``eps = blur**p``; one of them, default ``blur=0.05``).
+        reach, rho, tau_a, tau_b: KL/TV strength in one convention (``rho = reach**p``; default
+            ``reach=1``). Giving two conventions raises, as in :func:`torchuot.sinkhorn`.
         penalty: ``"kl"``, ``"tv"``, ``"balanced"`` or one per side.
-        cost, p, scaling, max_iter, tol, grad, backend: see :func:`torchuot.sinkhorn`.
+        cost, p, scaling, max_iter, tol, grad, backend, on_nonconvergence: see
+            :func:`torchuot.sinkhorn`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
     """
 
     def __init__(
         self,
         *,
-        blur: float | None = 0.05,
+        blur: float | None = None,
         eps: float | None = None,
-        reach: object = 1.0,
+        reach: object = None,
         rho: object = None,
         tau_a: float | None = None,
         tau_b: float | None = None,
@@ -89,17 +114,20 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         backend: str = "auto",
         convention: str = "primal",
         reduction: str = "mean",
+        on_nonconvergence: str = "warn",
     ) -> None:
         if convention not in ("primal", "geomloss"):
             raise ValueError(f"convention must be 'primal' or 'geomloss', got {convention!r}.")
-        if eps is not None:
-            blur = None
-        if rho is not None or tau_a is not None or tau_b is not None:
-            reach = None
+        _check_conventions(blur, eps, reach, rho, tau_a, tau_b)
+        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
+        if eps is None and blur is None:
+            blur = 0.05
+        if reach is None and rho is None and tau_a is None and tau_b is None:
+            reach = 1.0
         super().__init__(
             reduction=reduction, blur=blur, eps=eps, reach=reach, rho=rho, tau_a=tau_a,
             tau_b=tau_b, penalty=penalty, cost=cost, p=p, scaling=scaling, max_iter=max_iter,
-            tol=tol, grad=grad, backend=backend,
+            tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence,
         )
         self.convention = convention
 
@@ -115,12 +143,16 @@ class SinkhornDivergence(_SolverLoss):
 
     Matches GeomLoss ``SamplesLoss("sinkhorn", p, blur, reach, debias=True)`` -- including its
     mass term ``eps (m(a) - m(b))^2 / 2`` -- and is balanced when ``reach=None``.
+
+    The Hellinger-Kantorovich distance is :class:`HKLoss` (its unbalanced KL(1) penalties and
+    ``eps = (blur / kappa)**2``): ``cost="hk"`` without a penalty strength is refused here rather
+    than solved as a balanced problem.
     """
 
     def __init__(
         self,
         *,
-        blur: float | None = 0.05,
+        blur: float | None = None,
         eps: float | None = None,
         reach: object = None,
         rho: object = None,
@@ -135,13 +167,23 @@ class SinkhornDivergence(_SolverLoss):
         grad: str = "envelope",
         backend: str = "auto",
         reduction: str = "mean",
+        on_nonconvergence: str = "warn",
     ) -> None:
-        if eps is not None:
-            blur = None
+        _check_conventions(blur, eps, reach, rho, tau_a, tau_b)
+        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
+        is_hk = (isinstance(cost, str) and cost.lower() == "hk") or isinstance(cost, HKConeCost)
+        if is_hk and reach is None and rho is None and tau_a is None and tau_b is None:
+            raise ValueError(
+                "SinkhornDivergence(cost='hk') would solve a balanced problem, but the "
+                "Hellinger-Kantorovich distance is unbalanced (KL(1) penalties): use "
+                "torchuot.HKLoss(kappa=..., blur=...) instead, or give reach / rho / tau explicitly."
+            )
+        if eps is None and blur is None:
+            blur = 0.05
         super().__init__(
             reduction=reduction, blur=blur, eps=eps, reach=reach, rho=rho, tau_a=tau_a,
             tau_b=tau_b, penalty=penalty, cost=cost, p=p, scaling=scaling, max_iter=max_iter,
-            tol=tol, grad=grad, backend=backend,
+            tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence,
         )
 
     def forward(self, *args: Tensor) -> Tensor:
@@ -171,10 +213,14 @@ class HKLoss(_SolverLoss):
         grad: str = "envelope",
         backend: str = "auto",
         reduction: str = "mean",
+        on_nonconvergence: str = "warn",
     ) -> None:
+        _check_conventions(blur, eps, None, None, None, None)
+        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
         super().__init__(
             reduction=reduction, kappa=kappa, blur=blur, eps=eps, debias=debias, squared=squared,
             scaling=scaling, max_iter=max_iter, tol=tol, grad=grad, backend=backend,
+            on_nonconvergence=on_nonconvergence,
         )
 
     def forward(self, *args: Tensor) -> Tensor:

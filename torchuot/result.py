@@ -206,11 +206,21 @@ class UOTResult:
         """
         if axis not in (0, 1):
             raise ValueError(f"axis must be 0 or 1, got {axis!r}.")
+        f, g = self._fg()
+        B, n_in = f.shape[0], (g.shape[1] if axis == 1 else f.shape[1])
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"v must be a torch.Tensor, got {type(v)!r}.")
         vb = v if self.batched else v.unsqueeze(0)
+        if vb.dim() not in (2, 3) or vb.shape[0] != B or vb.shape[1] != n_in:
+            side = "M targets" if axis == 1 else "N sources"
+            want = f"({n_in},) or ({n_in}, K)" if not self.batched else f"({B}, {n_in}) or ({B}, {n_in}, K)"
+            raise ValueError(
+                f"apply(v, axis={axis}) needs one entry of v per {side[2:-1]} ({side[0]} = {n_in}): v "
+                f"must have shape {want}, got {tuple(v.shape)}."
+            )
         vec = vb.dim() == 2
         if vec:
             vb = vb.unsqueeze(-1)
-        f, g = self._fg()
         out = self._ops.apply(self.eps, f, g, vb.to(self.f.dtype), axis)
         return self._out(out.squeeze(-1) if vec else out)
 

@@ -205,6 +205,9 @@ def sinkhorn_loop(
     Returns:
         ``f: (B, N)``, ``g: (B, M)``, the number of iterations, and convergence.
     """
+    # A cap shorter than the schedule: skip its first stages rather than stop before the target
+    # eps (potentials of a larger eps give a meaningless, even non-finite, value at the target).
+    eps_list = list(eps_list)[-max(max_iter, 1):]
     eps0 = eps_list[0]
     f = penalty_a.aprox(softmin_x(eps0, g_init), eps0)
     g = f if symmetric else penalty_b.aprox(softmin_y(eps0, f), eps0)
@@ -530,6 +533,8 @@ def sinkhorn(
     backend: str = "auto",
     momentum: bool = True,
     on_nonconvergence: str = "warn",
+    f_init: Tensor | None = None,
+    g_init: Tensor | None = None,
 ) -> UOTResult:
     """Entropic unbalanced optimal transport between two weighted point clouds.
 
@@ -565,6 +570,10 @@ def sinkhorn(
             the marginal conditions miss ``result.marginal_tol``, e.g. a float32 stall):
             ``"warn"`` (default, a :class:`~torchuot.result.ConvergenceWarning`), ``"raise"``
             (:class:`~torchuot.result.ConvergenceError`) or ``"ignore"``.
+        f_init, g_init: warm start (POT / OTT style): potentials ``(N,)`` / ``(M,)`` (batched
+            ``(B, N)`` / ``(B, M)``), e.g. ``res.f``, ``res.g`` of the previous step of a training
+            loop or gradient flow. Either or both; the solve then starts at the target ``eps``
+            (no annealing). Same fixed point, fewer iterations when they are close to it.
 
     Returns:
         A :class:`~torchuot.result.UOTResult`.
@@ -582,15 +591,17 @@ def sinkhorn(
     check_costs(ops, cost_obj, pen_a, pen_b)
     eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
     return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
-                         on_nonconvergence, "sinkhorn")
+                         on_nonconvergence, "sinkhorn", f_init, g_init)
 
 
 def _solve_result(ops, pen_a: Penalty, pen_b: Penalty, eps: float, eps_list: list[float], max_iter: int,
                   tol: float, grad: str, momentum: bool, batched: bool, on_nonconvergence: str = "warn",
-                  where: str = "sinkhorn") -> UOTResult:
+                  where: str = "sinkhorn", f_init: Tensor | None = None,
+                  g_init: Tensor | None = None) -> UOTResult:
     """Run the loop on a built backend and package the :class:`UOTResult` (one cross problem)."""
+    warm = _warm_start(f_init, g_init, ops.a, ops.b, batched)
     solved = _solve_full(ops, pen_a, pen_b, eps_list, max_iter, tol, grad, symmetric=False,
-                         momentum=momentum)
+                         momentum=momentum, warm=warm)
     check_convergence(on_nonconvergence, [solved], where, stacklevel=4)
     f, g = solved.f, solved.g
     # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
@@ -614,6 +625,52 @@ def _solve_result(ops, pen_a: Penalty, pen_b: Penalty, eps: float, eps_list: lis
     )
 
 
+def _warm_start(f_init: object, g_init: object, a: Tensor, b: Tensor, batched: bool
+                ) -> tuple[Tensor | None, Tensor | None] | None:
+    """Validate warm-start potentials against the weights ``a: (B, N)``, ``b: (B, M)``."""
+    if f_init is None and g_init is None:
+        return None
+    out = []
+    for name, t, w in (("f_init", f_init, a), ("g_init", g_init, b)):
+        if t is None:
+            out.append(None)
+            continue
+        if isinstance(t, np.ndarray):
+            t = torch.as_tensor(t, device=w.device)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor of potentials, got {type(t)!r}.")
+        tb = t if batched else t.unsqueeze(0)
+        if tuple(tb.shape) != tuple(w.shape):
+            want = tuple(w.shape) if batched else tuple(w.shape[1:])
+            raise ValueError(
+                f"{name} must have the shape of its side's weights {want} (e.g. res.f / res.g of an "
+                f"earlier solve), got {tuple(t.shape)}."
+            )
+        if not bool(torch.isfinite(tb).all()):
+            raise ValueError(f"{name} contains NaN or inf; warm starts must be finite potentials.")
+        out.append(tb.to(dtype=w.dtype, device=w.device).detach())
+    return out[0], out[1]
+
+
+def _as_array_input(v: object) -> object:
+    """POT-style inputs: a NumPy array becomes a tensor (its dtype kept); anything else is kept."""
+    return torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+
+
+def _pot_reg_m(reg_m: object) -> object:
+    """POT's ``reg_m``: a number, or a one- or two-element list / array (one value per side)."""
+    if isinstance(reg_m, torch.Tensor) and reg_m.dim() > 0:
+        reg_m = reg_m.detach().cpu().numpy()
+    if isinstance(reg_m, (list, tuple, np.ndarray)):
+        vals = [None if v is None else float(v) for v in np.asarray(reg_m, dtype=object).reshape(-1)]
+        if len(vals) == 1:
+            return vals[0]
+        if len(vals) == 2:
+            return (vals[0], vals[1])
+        raise ValueError(f"reg_m must be a number or one value per side (two), got {len(vals)} values.")
+    return reg_m
+
+
 def sinkhorn_from_cost(
     C: Tensor,
     a: Tensor | None = None,
@@ -631,6 +688,8 @@ def sinkhorn_from_cost(
     grad: str = "envelope",
     momentum: bool = True,
     on_nonconvergence: str = "warn",
+    f_init: Tensor | None = None,
+    g_init: Tensor | None = None,
 ) -> UOTResult:
     """Entropic unbalanced OT from a cost matrix, POT style (``ot.sinkhorn_unbalanced(a, b, M,
     reg, reg_m)``): the same loop and result as :func:`sinkhorn`, on the dense backend.
@@ -643,7 +702,12 @@ def sinkhorn_from_cost(
         eps: entropic regularisation (POT's ``reg``), in the units of ``C``.
         rho, reg_m, tau_a, tau_b: marginal penalty strength in one convention (default:
             balanced); a pair gives one value per side.
-        penalty, max_iter, tol, grad, momentum, on_nonconvergence: as in :func:`sinkhorn`.
+        penalty, max_iter, tol, grad, momentum, on_nonconvergence, f_init, g_init: as in
+            :func:`sinkhorn`.
+
+    POT's inputs are accepted where unambiguous: ``C``, ``a``, ``b`` (and warm starts) as NumPy
+    arrays (turned into tensors, dtype kept; the result holds tensors), ``reg_m`` as a number or a
+    one- or two-element list / array.
         scaling: eps-scaling ratio: eps shrinks by ``scaling**2`` a stage, from the largest
             finite ``|C|`` down to ``eps``.
 
@@ -651,6 +715,8 @@ def sinkhorn_from_cost(
         A :class:`~torchuot.result.UOTResult` (``barycentric_projection`` needs points and is
         not available; ``plan``, marginals, ``apply`` and ``sample_pairs`` are).
     """
+    C, a, b = _as_array_input(C), _as_array_input(a), _as_array_input(b)
+    reg_m = _pot_reg_m(reg_m)
     Cb, batched = as_cost_matrix(C)
     ab, bb = cost_matrix_weights(a, b, Cb)
     cost_obj = SquaredEuclidean()  # only its exponent 2 is used (the scaling convention)
@@ -674,7 +740,7 @@ def sinkhorn_from_cost(
     start = float(fin.abs().max()) if fin.numel() else eps_f
     eps_list = epsilon_schedule(max(start, eps_f), eps_f, scaling, 2.0)
     return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
-                         on_nonconvergence, "sinkhorn_from_cost")
+                         on_nonconvergence, "sinkhorn_from_cost", f_init, g_init)
 
 
 def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a, tau_b, penalty,
@@ -716,7 +782,8 @@ def check_coordinate_range(x: Tensor, y: Tensor, cost: Cost) -> None:
     if not math.isfinite(diam) or max(2 * math.log(diam) + math.log(4), p * math.log(diam)) >= log_max:
         raise ValueError(
             f"the squared distances between x and y overflow {x.dtype} (the points span a distance "
-            f"of {diam:.3g}): rescale the coordinates (and blur / reach with them), or use float64."
+            f"of {diam:.3g}): rescale the coordinates (and blur / reach with them)"
+            + (", or use float64." if x.dtype != torch.float64 else ".")
         )
 
 
@@ -734,14 +801,13 @@ def check_costs(ops, cost: Cost, pen_a: Penalty, pen_b: Penalty) -> None:
         return
     C = ops.C if isinstance(ops, TensorizedBackend) else None
     with torch.no_grad():
+        scan = _cost_scan(ops, cost, C) if C is not None or user else None  # lazy: may mask NaN
         for side, pen, w, w_other in (("source", pen_a, ops.a, ops.b), ("target", pen_b, ops.b, ops.a)):
             if not (pen.is_balanced or (user and side == "source")):
                 continue
-            if C is not None:
-                Cs = C if side == "source" else C.transpose(1, 2)
-                bad_value = bool((torch.isnan(Cs) | torch.isneginf(Cs)).any())
-                reach = (torch.isfinite(Cs) & (w_other > 0).unsqueeze(1)).any(-1)
-            else:
+            if scan is not None:
+                bad_value, reach = scan[0], scan[1] if side == "source" else scan[2]
+            else:  # HK cone cost on a lazy backend: one soft-min of zero potentials
                 zeros = torch.zeros_like(w_other)
                 soft = ops.softmin_x_autograd if side == "source" else ops.softmin_y_autograd
                 S = soft(1.0, zeros)
@@ -759,12 +825,33 @@ def check_costs(ops, cost: Cost, pen_a: Penalty, pen_b: Penalty) -> None:
                     where = f"point {i}" + (f" of batch entry {bi}" if w.shape[0] > 1 else "")
                     hint = (" or a larger kappa (HK moves mass at most kappa * pi / 2)"
                             if isinstance(cost, HKConeCost) else "")
+                    more = f" (and {lost.shape[0] - 1} more)" if lost.shape[0] > 1 else ""
                     raise ValueError(
-                        f"infeasible problem: the {side} side is balanced but its {where} (and "
-                        f"{lost.shape[0] - 1} more) has no finite-cost partner with positive weight, "
+                        f"infeasible problem: the {side} side is balanced but its {where}{more} has "
+                        "no finite-cost partner with positive weight, "
                         "so its mass cannot be transported. Use an unbalanced penalty on that side "
                         f"(reach / rho / tau){hint}, or give that point zero weight."
                     )
+
+
+def _cost_scan(ops, cost: Cost, C: Tensor | None) -> tuple[bool, Tensor, Tensor]:
+    """Read the cost values (``C``, or the points' cost in row blocks of at most 2**24 entries:
+    nothing ``N x M`` is kept) -> (any NaN / ``-inf``, rows ``(B, N)`` and columns ``(B, M)`` with a
+    finite cost to some point of positive weight)."""
+    live_a, live_b = (ops.a > 0).unsqueeze(2), (ops.b > 0).unsqueeze(1)
+    if C is not None:
+        blocks = [(0, C)]
+    else:
+        x, y = ops.x.detach(), ops.y.detach()
+        step = max(1, 2**24 // max(1, x.shape[0] * y.shape[1]))
+        blocks = ((i, cost(x[:, i:i + step], y)) for i in range(0, x.shape[1], step))
+    bad, rows, cols = False, [], torch.zeros_like(ops.b, dtype=torch.bool)
+    for i, Cb in blocks:
+        bad = bad or bool((torch.isnan(Cb) | torch.isneginf(Cb)).any())
+        fin = torch.isfinite(Cb)
+        rows.append((fin & live_b).any(-1))
+        cols |= (fin & live_a[:, i:i + Cb.shape[1]]).any(1)
+    return bad, torch.cat(rows, 1), cols
 
 
 def _check_solver_args(max_iter: int, tol: float, grad: str, on_nonconvergence: str = "warn") -> None:
@@ -822,13 +909,17 @@ def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter:
 
 
 def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
-                grad: str, *, symmetric: bool, momentum: bool = True) -> Solved:
+                grad: str, *, symmetric: bool, momentum: bool = True,
+                warm: tuple[Tensor | None, Tensor | None] | None = None) -> Solved:
     """Run the loop on a backend, check the result, and attach the gradient mode.
 
     ``converged`` is the loop's stopping rule AND the first-order marginal conditions at the
     returned potentials to :func:`~torchuot.result.marginal_tolerance` (relative L1), measured once
     per side by an exact log-domain soft-min: the loop's rule reads changes of the potentials, which
     a float32 stall or a cached kernel's rounding can bring below the threshold away from the optimum.
+
+    ``warm = (f_init, g_init)`` (batched, either may be ``None``): a warm start at the target eps
+    (no annealing); ``g`` is then started from ``g_init``, or from the target update of ``f_init``.
     """
     if grad == "unroll":
         sx, sy, ctx = ops.softmin_x_autograd, ops.softmin_y_autograd, nullcontext()
@@ -837,6 +928,11 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
     with ctx:
         g0, n0 = torch.zeros_like(ops.b), 0
         coarse_start = getattr(ops, "coarse_start", None)  # backends with coarse levels (multiscale)
+        if warm is not None and (warm[0] is not None or warm[1] is not None):
+            f_init, g_init = warm
+            eps_list, coarse_start = [eps_list[-1]], None  # from the given potentials, at the target
+            e = eps_list[0]
+            g0 = g_init if g_init is not None else pen_b.aprox(sy(e, f_init), e)
         if coarse_start is not None:  # run the stages they can do coarsely; the loop does the rest
             with torch.no_grad():
                 g0, eps_list, n0 = coarse_start(pen_a, pen_b, eps_list, symmetric=symmetric)

@@ -530,6 +530,21 @@ def _swgg_costs(xd: Tensor, yd: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return cost, perm
 
 
+def _sphere_step(cur: Tensor, grad: Tensor, lr: float) -> Tensor:
+    """One normalised descent step on the unit sphere: ``cur: (B, D)`` unit directions, ``grad:
+    (B, D)``; a zero (tangential) gradient leaves ``cur`` where it is.
+
+    (``clamp_min(1e-300)`` is ``clamp_min(0)`` in float32: a tie between antithetic costs gave a
+    zero gradient, 0 / 0 = NaN that a ``* (gn > 0)`` mask does not remove, and the refinement
+    stopped silently.)
+    """
+    grad = grad - (grad * cur).sum(-1, keepdim=True) * cur
+    gn = grad.norm(dim=-1, keepdim=True)
+    step = torch.where(gn > 0, grad / gn.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
+    new = cur - lr * step
+    return new / new.norm(dim=-1, keepdim=True)
+
+
 def min_swgg(
     x: Tensor,
     y: Tensor,
@@ -587,7 +602,7 @@ def min_swgg(
     for _ in range(n_refine):
         z = torch.randn(B, n_perturb, D, generator=generator, dtype=torch.float64).to(xb)
         cand = torch.cat([cur.unsqueeze(1) + sigma * z, cur.unsqueeze(1) - sigma * z], 1)
-        cand = cand / cand.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        cand = cand / cand.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(cand.dtype).tiny)
         c, pm = _swgg_costs(xd, yd, cand)
         j = c.argmin(1)
         better = c[ar, j] < best_cost
@@ -597,10 +612,7 @@ def min_swgg(
         # Antithetic estimate of the smoothed objective's gradient.
         diff = (c[:, :n_perturb] - c[:, n_perturb:]).unsqueeze(-1)
         grad = (diff * z).mean(1) / (2 * sigma)
-        grad = grad - (grad * cur).sum(-1, keepdim=True) * cur
-        gn = grad.norm(dim=-1, keepdim=True)
-        cur = cur - lr * grad / gn.clamp_min(1e-300) * (gn > 0)
-        cur = cur / cur.norm(dim=-1, keepdim=True)
+        cur = _sphere_step(cur, grad, lr)
     value = (xb - torch.gather(yb, 1, best_perm.unsqueeze(-1).expand(B, N, D))).square().sum(-1).mean(-1)
     if not batched:
         return SWGGResult(value=value[0], perm=best_perm[0], direction=best_theta[0])
