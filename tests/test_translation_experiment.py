@@ -196,7 +196,8 @@ def test_tiny_latent_run_reports_the_new_score_and_resumes(shared_data, tmp_path
     assert set(res["autoencoder"]) >= {"train_mse", "val_mse", "steps"}
     assert 0.5 <= res["domain_classifier_heldout_balanced_accuracy"] <= 1.0
     refs = res["references"]
-    assert "identity through the autoencoder (encode, decode)" in refs and "oracle through the autoencoder" in refs
+    assert "identity through the autoencoder (encode, decode)" in refs
+    assert "oracle through the autoencoder" in refs
     for r in res["runs"]:
         assert 0 <= r["successful"] <= min(r["style_transfer"], r["class_preservation"]) <= 1
         assert [s for s, _ in r["val_curve"]] == [1, 2]  # validation after every step

@@ -810,8 +810,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     res = run(cfg)
-    print(Path(cfg.out_dir) / f"translation_{cfg.task}.md")
-    print(Path(f"{Path(cfg.out_dir) / ('translation_' + cfg.task)}.md").read_text())
+    md = Path(cfg.out_dir) / f"{report_stem(cfg)}.md"
+    print(md)
+    print(md.read_text())
     return res
 
 
