@@ -913,10 +913,12 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
                 warm: tuple[Tensor | None, Tensor | None] | None = None) -> Solved:
     """Run the loop on a backend, check the result, and attach the gradient mode.
 
-    ``converged`` is the loop's stopping rule AND the first-order marginal conditions at the
-    returned potentials to :func:`~torchuot.result.marginal_tolerance` (relative L1), measured once
-    per side by an exact log-domain soft-min: the loop's rule reads changes of the potentials, which
-    a float32 stall or a cached kernel's rounding can bring below the threshold away from the optimum.
+    ``converged`` means the first-order marginal conditions hold at the returned potentials to
+    :func:`~torchuot.result.marginal_tolerance` (relative L1), measured once per side by an exact
+    log-domain soft-min. The loop's stopping rule (changes of the potentials) decides when to stop,
+    not whether the answer is right: a float32 stall or a cached kernel's rounding can bring the
+    changes below the threshold away from the optimum, and a run that reaches ``max_iter`` while
+    its potentials still move by more than ``tol * eps`` can already satisfy its marginals.
 
     ``warm = (f_init, g_init)`` (batched, either may be ``None``): a warm start at the target eps
     (no annealing); ``g`` is then started from ``g_init``, or from the target update of ``f_init``.
@@ -936,7 +938,7 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
         if coarse_start is not None:  # run the stages they can do coarsely; the loop does the rest
             with torch.no_grad():
                 g0, eps_list, n0 = coarse_start(pen_a, pen_b, eps_list, symmetric=symmetric)
-        f, g, n, conv = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b),
+        f, g, n, _stopped = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b),
                                       max_iter=max(max_iter - n0, 1), tol=tol, symmetric=symmetric,
                                       momentum=momentum)
         n += n0
@@ -947,7 +949,7 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
     mtol = marginal_tolerance(tol, f.dtype)
     # A potential within eps * mtol of a kink (TV's box edge) changes the marginal by < mtol.
     ra, rb = first_order_residuals(ops, pen_a, pen_b, eps, f.detach(), g.detach(), symmetric, eps * mtol)
-    conv = conv and bool(((ra <= mtol) & (rb <= mtol)).all())
+    conv = bool(((ra <= mtol) & (rb <= mtol)).all())
     if grad == "envelope":
         f, g = f.detach(), g.detach()
     elif grad == "implicit":
