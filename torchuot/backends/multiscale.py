@@ -192,6 +192,16 @@ def _sq_tile(p: Tensor, q: Tensor, h: Tensor, eps: float) -> tuple[Tensor, Tenso
     return E, (pc * pc).sum(-1) * (-0.5 / eps)
 
 
+def _sq_lse_tiles(p: Tensor, q: Tensor, h: Tensor, eps: float, tiles: list) -> Tensor:
+    """``lse_{j kept}(h_j - |p_i - q_j|^2 / (2 eps))`` -> ``(n,)`` over the tiles (no autograd)."""
+    out = torch.full((p.shape[0],), -math.inf, dtype=p.dtype, device=p.device)
+    for r0, r1, cols in tiles:
+        if cols.numel():
+            E, r = _sq_tile(p[r0:r1], q[cols], h[cols], eps)
+            out[r0:r1] = _lse_rows_inplace(E) + r
+    return out
+
+
 class _SqTilesLSE(torch.autograd.Function):
     """``L_i = lse_{j kept}(h_j - |p_i - q_j|^2 / (2 eps))`` over the tiles, with a backward that
     recomputes each tile once: ``P_ij = exp(h_j - C_ij/eps - L_i)``, ``dL_i/dh_j = P_ij``,
@@ -199,12 +209,8 @@ class _SqTilesLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: Tensor, q: Tensor, h: Tensor, eps: float, tiles: list) -> Tensor:  # noqa: D102
-        out = torch.full((p.shape[0],), -math.inf, dtype=p.dtype, device=p.device)
         with torch.no_grad():
-            for r0, r1, cols in tiles:
-                if cols.numel():
-                    E, r = _sq_tile(p[r0:r1], q[cols], h[cols], eps)
-                    out[r0:r1] = _lse_rows_inplace(E) + r
+            out = _sq_lse_tiles(p, q, h, eps, tiles)
         ctx.save_for_backward(p, q, h, out)
         ctx.eps, ctx.tiles = eps, tiles
         return out
@@ -503,17 +509,12 @@ class MultiscaleBackend:
     def _lse_torch(self, pair: _Pair, eps: float, h_sorted: Tensor, axis: int) -> Tensor:
         """Torch tiles ``lse_j(h_j - C_ij/eps)`` over the kept blocks (no autograd)."""
         p, q, tiles = (pair.xs, pair.ys, pair.tiles_x) if axis == 1 else (pair.ys, pair.xs, pair.tiles_y)
+        if type(self.cost) is SquaredEuclidean:
+            return _sq_lse_tiles(p, q, h_sorted, eps, tiles)
         out = torch.full((p.shape[0],), -math.inf, dtype=p.dtype, device=p.device)
-        blocks = self._exact
-        square = type(self.cost) is SquaredEuclidean
         for r0, r1, cols in tiles:
-            if cols.numel() == 0:
-                continue
-            if square:
-                E, r = _sq_tile(p[r0:r1], q[cols], h_sorted[cols], eps)
-                out[r0:r1] = _lse_rows_inplace(E) + r
-            else:
-                C = blocks._cost_block(p[None, r0:r1], q[None, cols])
+            if cols.numel():
+                C = self._exact._cost_block(p[None, r0:r1], q[None, cols])
                 out[r0:r1] = ChunkedBackend._lse_rows(C, h_sorted[cols][None, None], eps)[0]
         return out
 
