@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -46,8 +45,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torchuot  # noqa: E402
 from _common import measure  # noqa: E402
+
+import torchuot  # noqa: E402
 from torchuot.backends import Multiscale  # noqa: E402
 
 BLUR, REACH = 0.05, 0.5
@@ -155,7 +155,8 @@ def families(n: int, d: int, libs: list[str]) -> dict[str, list[tuple[str, objec
         try:
             import ott  # noqa: F401
 
-            fam["ott-sinkhorn_divergence"] = [(f"threshold={t:g}", ott_runner(t)) for t in (1e-1, 1e-2, 1e-3, 1e-4)]
+            fam["ott-sinkhorn_divergence"] = [(f"threshold={t:g}", ott_runner(t))
+                                              for t in (1e-1, 1e-2, 1e-3, 1e-4)]
         except ImportError as err:
             print(f"# ott-jax unavailable ({err}); pip install -e .[bench]")
     return fam
@@ -190,7 +191,7 @@ def sweep(args: argparse.Namespace) -> None:
                         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                             warnings.simplefilter("ignore")
                             _call(fn, xw, yw)  # compile / trace at this setting
-                            (val, _), secs, mib = measure(lambda: _call(fn, x, y))
+                            (val, _), secs, mib = measure(lambda fn=fn, x=x, y=y: _call(fn, x, y))
                     except Exception as err:  # noqa: BLE001  (a failing library is reported, not fatal)
                         print(f"# {fam} {setting} N={n}: {type(err).__name__}: {str(err)[:160]}", flush=True)
                         break
@@ -203,7 +204,8 @@ def sweep(args: argparse.Namespace) -> None:
                     print(f"{n:>8} {d} {fam:<26} {setting:<22} {secs:9.2f} s {mib:8.1f} MiB  "
                           f"err {err_rel:8.1e}", flush=True)
                     if secs > args.budget:
-                        print(f"# {fam}: {secs:.0f} s > budget {args.budget} s, stopping this family", flush=True)
+                        print(f"# {fam}: {secs:.0f} s > budget {args.budget} s, stopping this family",
+                              flush=True)
                         break
 
 
@@ -231,11 +233,14 @@ def table(markdown: str | None) -> str:
             o, g, t = best["torchuot"], best["geomloss"], best["ott"]
 
             def cell(r):
-                return (f"{r['seconds']:.2f}", f"{r['family'].split('-', 1)[1]} {r['setting']}") if r else ("--", "")
+                if not r:
+                    return ("--", "")
+                return (f"{r['seconds']:.2f}", f"{r['family'].split('-', 1)[1]} {r['setting']}")
             oc, gc_, tc = cell(o), cell(g), cell(t)
             rg = f"{o['seconds'] / g['seconds']:.2f}" if o and g else ("ours only" if o else "--")
             rt = f"{o['seconds'] / t['seconds']:.2f}" if o and t else "--"
-            lines.append(f"| {n:,} | {d} | {lev:g} | {oc[0]} | {oc[1]} | {gc_[0]} | {gc_[1]} | {rg} | {tc[0]} | {rt} |")
+            lines.append(f"| {n:,} | {d} | {lev:g} | {oc[0]} | {oc[1]} | {gc_[0]} | {gc_[1]} | {rg} "
+                         f"| {tc[0]} | {rt} |")
     text = "\n".join(lines)
     if markdown:
         Path(markdown).write_text(text + "\n")

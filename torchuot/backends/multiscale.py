@@ -56,7 +56,8 @@ from .chunked import ChunkedBackend
 from .keops import _BIG, _exponent, _finite_h, _quiet, keops_status
 from .tensorized import TensorizedBackend, safe_log, safe_logsumexp
 
-__all__ = ["MultiscaleBackend", "Multiscale", "cluster_tools_available", "DEFAULT_TRUNCATE", "MAX_BLOCKS", "coarse_cluster_scale"]
+__all__ = ["MultiscaleBackend", "Multiscale", "cluster_tools_available", "DEFAULT_TRUNCATE", "MAX_BLOCKS",
+           "coarse_cluster_scale"]
 
 #: Default truncation: dropped kernel entries are below ``exp(-8) = 3.4e-4`` of their row's total.
 DEFAULT_TRUNCATE = 8.0
@@ -253,7 +254,8 @@ def _tiles(keep: Tensor, rows: _Cloud, cols: _Cloud) -> list[tuple[int, int, Ten
     while k < K:
         k1, n_rows, widest = k, 0, 0.0
         # Grow the group while its tile (rows x ~1.5 the widest row's columns) stays small.
-        while k1 < K and (k1 == k or (n_rows + sizes_r[k1]) * 1.5 * max(widest, per_row_l[k1]) <= TILE_ENTRIES):
+        while k1 < K and (k1 == k
+                          or (n_rows + sizes_r[k1]) * 1.5 * max(widest, per_row_l[k1]) <= TILE_ENTRIES):
             n_rows += sizes_r[k1]
             widest = max(widest, per_row_l[k1])
             k1 += 1
@@ -476,8 +478,8 @@ class MultiscaleBackend:
         thr = self.truncate * eps
         for k, pair in enumerate(self._pairs):
             if self._u is None or self._v is None:
-                u = torch.full((pair.cx.centers.shape[0],), math.inf, dtype=self.x.dtype, device=self.x.device)
-                v = torch.full((pair.cy.centers.shape[0],), math.inf, dtype=self.x.dtype, device=self.x.device)
+                u = self.x.new_full((pair.cx.centers.shape[0],), math.inf)
+                v = self.x.new_full((pair.cy.centers.shape[0],), math.inf)
             else:
                 u, v = pair.cx.block_max(self._u[k]), pair.cy.block_max(self._v[k])
             pair.build(self.cost, u, v, thr, self.use_keops)
@@ -525,7 +527,8 @@ class MultiscaleBackend:
             (cp, cq) = (pair.cx, pair.cy) if axis == 1 else (pair.cy, pair.cx)
             log_w = (self.log_b if axis == 1 else self.log_a)[k]
             hs = (log_w + h[k] / eps)[cq.perm]
-            L = self._lse_keops(pair, eps, hs, axis) if self.use_keops else self._lse_torch(pair, eps, hs, axis)
+            lse = self._lse_keops if self.use_keops else self._lse_torch
+            L = lse(pair, eps, hs, axis)
             outs.append(L[cp.inv])
         return torch.stack(outs).mul_(-eps)
 
@@ -558,9 +561,11 @@ class MultiscaleBackend:
         for k, pair in enumerate(self._pairs):
             # Points from self (with their graphs: clustering may have run under no_grad).
             if axis == 1:
-                cp, cq, p, q, log_w, tiles = pair.cx, pair.cy, self.x[k], self.y[k], self.log_b[k], pair.tiles_x
+                cp, cq, p, q = pair.cx, pair.cy, self.x[k], self.y[k]
+                log_w, tiles = self.log_b[k], pair.tiles_x
             else:
-                cp, cq, p, q, log_w, tiles = pair.cy, pair.cx, self.y[k], self.x[k], self.log_a[k], pair.tiles_y
+                cp, cq, p, q = pair.cy, pair.cx, self.y[k], self.x[k]
+                log_w, tiles = self.log_a[k], pair.tiles_y
             ps, qs = p[cp.perm], q[cq.perm]
             hs = (log_w + h[k] / eps)[cq.perm]
             if type(self.cost) is SquaredEuclidean:  # one explicit backward (no checkpoints)
