@@ -77,7 +77,40 @@ def check_one_batch(n_train: int, batch_size: int, what: str) -> None:
         )
 
 
-class ImageDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """The loaders of a data module whose ``setup`` fills ``self.datasets[split]``.
+
+    Training loaders shuffle and drop the last partial batch; the others keep the order; predict
+    uses the test split.
+    """
+
+    datasets: dict[str, Dataset]
+    batch_size: int
+    num_workers: int = 0
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class ImageDataModule(SplitLoaders, L.LightningDataModule):
     """Base class of the image data modules: train / val / test splits of labelled images.
 
     Subclasses implement :meth:`load_splits`, returning uint8 arrays; this class converts them
@@ -132,26 +165,6 @@ class ImageDataModule(L.LightningDataModule):
         if stage == "fit":
             check_one_batch(len(self.datasets["train"]), self.batch_size, type(self).__name__)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def _split(
@@ -331,16 +344,14 @@ def _select(
     return torch.cat([pl[:k] for pl, k in zip(pools, counts, strict=True)])
 
 
-class UnpairedLoaders:
+class UnpairedLoaders(SplitLoaders):
     """``setup`` and the loaders of a data module that serves ``domain(split) -> (x0, y0, x1, y1)``.
 
     Batches are :class:`UnpairedDataset` dicts; training loaders shuffle and drop the last partial
     batch, and ``setup("fit")`` refuses a training split smaller than one batch.
     """
 
-    batch_size: int
     seed: int
-    num_workers: int = 0
     describe: str = "the unpaired domains"
 
     def domain(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -351,26 +362,6 @@ class UnpairedLoaders:
         if stage == "fit":
             check_one_batch(len(self.datasets["train"]), self.batch_size, self.describe)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 class UnpairedDataModule(UnpairedLoaders, L.LightningDataModule):
