@@ -25,9 +25,9 @@ that the K-rank matrix equals the one-rank matrix.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import json
 import resource
 import shutil
 import subprocess
@@ -190,7 +190,9 @@ def bench_ranks(a) -> None:
                     cmd = [torchrun, "--standalone", "--nproc_per_node", str(K), __file__]
                     # the worker's settings travel in the environment (torchrun would take options
                     # such as --n for its own abbreviations)
-                    job = dict(N=N, metric=metric, kappa=a.kappa, blur=a.blur, tol=a.tol, block=a.block, out=out)
+                    job = dict(
+                        N=N, metric=metric, kappa=a.kappa, blur=a.blur, tol=a.tol, block=a.block, out=out
+                    )
                     r = subprocess.run(cmd, env={**env, _WORKER_ENV: json.dumps(job)}, capture_output=True,
                                        text=True)
                     if r.returncode:

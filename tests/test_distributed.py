@@ -72,10 +72,29 @@ def test_study_runner_under_torchrun(tmp_path, shared_data):
     pytest.importorskip("matplotlib")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHUOT_DATA_ROOT": str(shared_data),
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    args = ["--dataset", "pneumoniamnist", "--n-images", "12", "--pool", "16", "--seeds", "2", "--alpha", "0.9",
-            "--dim", "2", "--tol", "1e-3", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-            "--distributed"]
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "training.experiments.hk_embeddings", *args]
+    args = [
+        "--dataset",
+        "pneumoniamnist",
+        "--n-images",
+        "12",
+        "--pool",
+        "16",
+        "--seeds",
+        "2",
+        "--alpha",
+        "0.9",
+        "--dim",
+        "2",
+        "--tol",
+        "1e-3",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--distributed",
+    ]
+    module = "training.experiments.hk_embeddings"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", module, *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=HERE.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "hk_embeddings_pneumoniamnist.md").exists()

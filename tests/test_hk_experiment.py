@@ -72,8 +72,11 @@ def test_seeds_draw_their_own_stratified_subsets_of_the_pool():
 
 
 def test_identical_cells_counts_cells_equal_on_every_seed():
-    rows = [{"metric": "HK", "embedding": "MDS", "score": s, "seed": seed, "value": v}
-            for s, vals in (("LDA", (0.5, 0.5, 0.5)), ("1-NN", (0.5, 0.6, 0.5))) for seed, v in enumerate(vals)]
+    rows = [
+        {"metric": "HK", "embedding": "MDS", "score": s, "seed": seed, "value": v}
+        for s, vals in (("LDA", (0.5, 0.5, 0.5)), ("1-NN", (0.5, 0.6, 0.5)))
+        for seed, v in enumerate(vals)
+    ]
     assert hk.identical_cells(rows) == {"HK": (1, 2)}
 
 

@@ -61,7 +61,12 @@ def test_sinkhorn_from_cost_takes_numpy_and_pot_reg_m():
     x, y = _problem(n=12, m=15)
     C = (torch.cdist(x, y) ** 2).numpy()
     a, b = np.full(12, 1 / 12), np.full(15, 1.3 / 15)
-    for reg_m, pot_reg_m in ((0.7, 0.7), ([0.7], 0.7), ([0.7, 2.0], [0.7, 2.0]), (np.array([0.7, 2.0]), [0.7, 2.0])):
+    for reg_m, pot_reg_m in (
+        (0.7, 0.7),
+        ([0.7], 0.7),
+        ([0.7, 2.0], [0.7, 2.0]),
+        (np.array([0.7, 2.0]), [0.7, 2.0]),
+    ):
         res = tu.sinkhorn_from_cost(C, a, b, eps=0.05, reg_m=reg_m, tol=1e-12, max_iter=10_000)
         P = ot.sinkhorn_unbalanced(a, b, C, 0.05, pot_reg_m, method="sinkhorn_stabilized", numItermax=100_000,
                                    stopThr=1e-14)

@@ -295,7 +295,6 @@ def pairwise_distances(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     inp = _validate(images_a, images_b, metric=metric, normalize=normalize, rows=rows, dtype=dtype,
                     block_size=block_size, max_iter=max_iter, units=units, device=device)
-    N, M = inp.wa.shape[0], inp.wb.shape[0]
     my_rows = _my_rows(inp.rows, dist_ctx)
 
     if metric == "euclidean":

@@ -99,9 +99,19 @@ def metric_matrix(images: torch.Tensor, name: str, *, kappa: float, blur: float,
     if path is not None and _is_rank0():
         np.save(path, D)
         ranks = _world()
-        path.with_suffix(".json").write_text(json.dumps(
-            {"seconds": round(time.perf_counter() - t0, 1), "n": len(images), "threads": torch.get_num_threads(),
-             "ranks": ranks, "kappa": kappa, "blur": blur, "tol": tol}))
+        path.with_suffix(".json").write_text(
+            json.dumps(
+                {
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "n": len(images),
+                    "threads": torch.get_num_threads(),
+                    "ranks": ranks,
+                    "kappa": kappa,
+                    "blur": blur,
+                    "tol": tol,
+                }
+            )
+        )
         for stale in path.parent.glob(path.with_suffix("").name + ".partial*.pt"):
             stale.unlink()
     return D
@@ -253,7 +263,8 @@ def win_rates(rows: list[dict]) -> list[dict]:
     test over seeds of the per-seed mean score difference A - B across the group's scores
     (:func:`training.stats.wilcoxon_signed_rank`; 1.0 with fewer than 2 seeds); ``p_holm``:
     Holm-adjusted over all rows returned (one family); ``p_holm_headline`` (the rows over all
-    embeddings and scores only): Holm-adjusted over those, one per comparison. ``rows``: dicts with keys metric,
+    embeddings and scores only): Holm-adjusted over those, one per comparison.
+    ``rows``: dicts with keys metric,
     embedding, score, seed, value; a metric's name may carry a suffix after ``@`` (ignored).
     """
     table = {(r["metric"].split("@")[0], r["embedding"], r["score"], r["seed"]): r["value"] for r in rows}
@@ -330,7 +341,9 @@ def run(dataset: str, *, n: int, seeds: int, kappa: float, blur: float, tol: flo
         return {}
     times = {}
     for name, kb in (("W2", blur), ("HK", hk_blur)):
-        j = None if cache is None else matrix_path(cache, name, n=pool, kappa=kappa, blur=kb, tol=tol).with_suffix(".json")
+        j = None
+        if cache is not None:
+            j = matrix_path(cache, name, n=pool, kappa=kappa, blur=kb, tol=tol).with_suffix(".json")
         times[name] = json.loads(j.read_text()) if j is not None and j.exists() else None
     tag = {"Euclidean": "Euclidean", "W2": f"W2@blur{blur:g}", "HK": f"HK@kappa{kappa:g}_blur{hk_blur:g}"}
     memo = {} if memo is None else memo
@@ -369,25 +382,35 @@ def _write_markdown(path: Path, dataset: str, per_alpha: dict, cfg: dict, times:
                     command: str | None) -> None:
     tinfo = ", ".join(f"{k} matrix {v['seconds']:.0f} s ({v['n']} images, {v['threads']} thread(s), "
                       f"{v['ranks']} rank(s))" for k, v in times.items() if v)
-    lines = [f"# HK neighbour embeddings: {dataset}", "",
-             f"Command: `{command or 'python -m training.experiments.hk_embeddings'}`", "",
-             f"Hardware: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs; "
-             f"torch threads {torch.get_num_threads()}; Python {sys.version.split()[0]}, torch {torch.__version__}.",
-             "", "Settings: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in cfg.items()) + ".",
-             "", f"Distance matrices of the pool, computed once: {tinfo or 'loaded from the cache'}.", "",
-             "Each seed draws its own class-stratified subset of the pool, estimates the dimension on "
-             "it, embeds it and scores it on one 80/20 split (classifiers) and one clustering seed. "
-             "W/T/L counts (score, seed) cells where the first metric scores higher / equal / lower; "
-             "win rate counts a tie as 1/2. p: two-sided Wilcoxon signed-rank test over the seeds of "
-             "the per-seed mean score difference. p (Holm, headline): Holm-adjusted over the "
-             "three headline rows (all embeddings, all scores; one per comparison); p (Holm, all): "
-             f"adjusted over all {len(next(iter(per_alpha.values()))['wins'])} rows of the table "
-             f"(one family per alpha). With {cfg['seeds']} seeds the smallest possible p is "
-             f"2/2^{cfg['seeds']} = {2 / 2 ** cfg['seeds']:.3g}; Holm multiplies the smallest p of a family "
-             f"of m tests by m ({len(next(iter(per_alpha.values()))['wins'])} x {2 / 2 ** cfg['seeds']:.3g} = "
-             f"{len(next(iter(per_alpha.values()))['wins']) * 2 / 2 ** cfg['seeds']:.3g} here), so the "
-             "per-embedding rows are descriptive.", ""]
+    lines = [
+        f"# HK neighbour embeddings: {dataset}",
+        "",
+        f"Command: `{command or 'python -m training.experiments.hk_embeddings'}`",
+        "",
+        f"Hardware: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs; "
+        f"torch threads {torch.get_num_threads()}; "
+        f"Python {sys.version.split()[0]}, torch {torch.__version__}.",
+        "",
+        "Settings: "
+        + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items())
+        + ".",
+        "",
+        f"Distance matrices of the pool, computed once: {tinfo or 'loaded from the cache'}.",
+        "",
+        "Each seed draws its own class-stratified subset of the pool, estimates the dimension on "
+        "it, embeds it and scores it on one 80/20 split (classifiers) and one clustering seed. "
+        "W/T/L counts (score, seed) cells where the first metric scores higher / equal / lower; "
+        "win rate counts a tie as 1/2. p: two-sided Wilcoxon signed-rank test over the seeds of "
+        "the per-seed mean score difference. p (Holm, headline): Holm-adjusted over the "
+        "three headline rows (all embeddings, all scores; one per comparison); p (Holm, all): "
+        f"adjusted over all {len(next(iter(per_alpha.values()))['wins'])} rows of the table "
+        f"(one family per alpha). With {cfg['seeds']} seeds the smallest possible p is "
+        f"2/2^{cfg['seeds']} = {2 / 2 ** cfg['seeds']:.3g}; Holm multiplies the smallest p of a family "
+        f"of m tests by m ({len(next(iter(per_alpha.values()))['wins'])} x {2 / 2 ** cfg['seeds']:.3g} = "
+        f"{len(next(iter(per_alpha.values()))['wins']) * 2 / 2 ** cfg['seeds']:.3g} here), so the "
+        "per-embedding rows are descriptive.",
+        "",
+    ]
     for alpha, res in per_alpha.items():
         dims = {m: sorted(set(d.values())) for m, d in res["dims"].items()}
         ident = ", ".join(f"{m} {k} of {t}" for m, (k, t) in res["identical"].items())
@@ -455,12 +478,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--blur-per-kappa", type=float, default=None,
                    help="HK blur = this x kappa, so eps = (blur/kappa)^2 stays fixed across a kappa sweep "
                         "(default: HK uses --blur, so eps changes with kappa)")
-    p.add_argument("--tol", type=float, default=1e-2,
-                   help="Sinkhorn tolerance (relative to eps); 1e-2 moves the squared distances by < 4e-6 "
-                        "(W2) and < 1e-9 (HK) relative to 1e-6 on MNIST pairs")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-2,
+        help="Sinkhorn tolerance (relative to eps); 1e-2 moves the squared distances by < 4e-6 "
+        "(W2) and < 1e-9 (HK) relative to 1e-6 on MNIST pairs",
+    )
     p.add_argument("--dim", type=int, default=None, help="embedding dimension (default: local-SVD estimate)")
-    p.add_argument("--alpha", type=float, nargs="+", default=[0.97, 0.99],
-                   help="explained-variance threshold(s) of the dimension estimate (the paper: 0.97-0.999)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        default=[0.97, 0.99],
+        help="explained-variance threshold(s) of the dimension estimate (the paper: 0.97-0.999)",
+    )
     p.add_argument("--n-neighbors", type=int, default=10)
     p.add_argument("--data-root", default=None, help="default: $TORCHUOT_DATA_ROOT")
     p.add_argument("--out", default="results", help="output folder")
@@ -475,15 +507,17 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     pool = 2 * a.n if a.pool is None else a.pool
-    command = "python -m training.experiments.hk_embeddings " + " ".join(sys.argv[1:] if argv is None else argv)
+    cli_args = sys.argv[1:] if argv is None else argv
+    command = "python -m training.experiments.hk_embeddings " + " ".join(cli_args)
     memo: dict = {}
     for ds in a.dataset:
         sweep = []
         for kappa in a.kappa:
             out = Path(a.out) if len(a.kappa) == 1 else Path(a.out) / f"kappa{kappa:g}"
             hk_blur = a.blur if a.blur_per_kappa is None else a.blur_per_kappa * kappa
-            res = run(ds, n=a.n, pool=pool, seeds=a.seeds, kappa=kappa, blur=a.blur, hk_blur=hk_blur, tol=a.tol,
-                      dim=a.dim, alphas=tuple(a.alpha), n_neighbors=a.n_neighbors, out_dir=out, root=a.data_root,
+            res = run(ds, n=a.n, pool=pool, seeds=a.seeds, kappa=kappa, blur=a.blur, hk_blur=hk_blur,
+                      tol=a.tol, dim=a.dim, alphas=tuple(a.alpha), n_neighbors=a.n_neighbors, out_dir=out,
+                      root=a.data_root,
                       cache=None if a.cache is None else Path(a.cache), progress=a.progress,
                       distributed=True if a.distributed else None, memo=memo, command=command)
             if not res:
@@ -502,7 +536,8 @@ def _write_sweep(path: Path, dataset: str, sweep: list, command: str) -> None:
     lines = [f"# kappa sweep: {dataset}", "", f"Command: `{command}`", ""]
     for alpha in alphas:
         lines += [f"## alpha = {alpha:g}", "",
-                  "| kappa (px) | HK blur (px) | eps | HK vs W2 | p (Holm, headline) | HK vs Euclidean | p (Holm, headline) "
+                  "| kappa (px) | HK blur (px) | eps | HK vs W2 | p (Holm, headline) "
+                  "| HK vs Euclidean | p (Holm, headline) "
                   "| HK matrix |",
                   "|---|---|---|---|---|---|---|---|"]
         for kappa, hb, res in sweep:
