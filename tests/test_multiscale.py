@@ -239,3 +239,47 @@ def test_gradcheck_of_the_tile_soft_mins():
         return ops.softmin_x_autograd(0.01, h), ops.softmin_y_autograd(0.01, f0)
 
     assert torch.autograd.gradcheck(fn, (x, y, b, h), atol=1e-7, rtol=1e-5)
+
+
+def test_box_quadratic_bound_holds_and_is_exact_without_slopes():
+    # max w1 d + w2 e - (d - e)^2/2 over |d| <= a, |e| <= b: the bound is above every sample.
+    from torchuot.backends.multiscale import _box_quadratic_max
+
+    g0 = torch.Generator().manual_seed(5)
+    n = 2000
+    w1 = torch.randn(n, generator=g0, dtype=torch.float64)
+    w2 = torch.randn(n, generator=g0, dtype=torch.float64)
+    a, b = torch.rand(n, generator=g0, dtype=torch.float64), torch.rand(n, generator=g0, dtype=torch.float64)
+    bound = _box_quadratic_max(w1, w2, a + b)
+    d = (2 * torch.rand(64, n, generator=g0, dtype=torch.float64) - 1) * a
+    e = (2 * torch.rand(64, n, generator=g0, dtype=torch.float64) - 1) * b
+    corners = torch.stack([torch.stack([sa * a, sb * b]) for sa in (-1, 1) for sb in (-1, 1)])  # (4, 2, n)
+    d, e = torch.cat([d, corners[:, 0]]), torch.cat([e, corners[:, 1]])
+    assert bool(((w1 * d + w2 * e - 0.5 * (d - e) ** 2) <= bound + 1e-12).all())
+    # Zero slopes on a gap Delta: w1 = -Delta, w2 = Delta gives Delta^2/2 - gap^2/2.
+    delta = 3 * torch.randn(n, generator=g0, dtype=torch.float64)
+    gap = (delta.abs() - a - b).clamp_min(0)
+    assert torch.allclose(_box_quadratic_max(-delta, delta, a + b), 0.5 * delta**2 - 0.5 * gap**2)
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "power1.5"])
+def test_kept_blocks_contain_every_pair_above_the_threshold(cost):
+    # Brute force: every block pair holding a point pair with u_i + v_j - C_ij >= -thr is kept,
+    # for potentials shaped like Sinkhorn's (smooth, with a displacement) plus noise.
+    x, y, a, b = _clouds(900, 700, D=3)
+    c = COSTS[cost]
+    ops = MultiscaleBackend(x[None], y[None], a[None], b[None], c, eps=0.0025)
+    pair = ops._pairs[0]
+    g0 = torch.Generator().manual_seed(7)
+    shift = torch.tensor([0.05, -0.03, 0.02], dtype=x.dtype)
+    u = (x * shift).sum(-1) + 0.3 * (x**2).sum(-1) + 0.002 * torch.randn(900, generator=g0, dtype=x.dtype)
+    v = -(y * shift).sum(-1) - 0.2 * (y**2).sum(-1) + 0.002 * torch.randn(700, generator=g0, dtype=x.dtype)
+    thr = 8 * 0.0025
+    pair.build(c, u, v, thr, False)
+    lx, ly = torch.empty(900, dtype=torch.long), torch.empty(700, dtype=torch.long)
+    lx[pair.cx.perm], ly[pair.cy.perm] = pair.cx.labels, pair.cy.labels
+    near = (u[:, None] + v[None] - c(x[None], y[None])[0]) >= -thr
+    i, j = near.nonzero(as_tuple=True)
+    assert i.numel() > 0
+    assert bool(pair.keep[lx[i], ly[j]].all())
+    assert pair.kept_fraction < 0.9

@@ -19,11 +19,13 @@ scaling (SIAM J. Sci. Comput. 2019). Low dimension (``D <= 3``), built-in costs 
    (``f(x_i) = aprox(softmin_k(g_c(y_k)))`` against the coarse targets, and the same for ``g``).
 
 3. **Fine iterations** reduce only over the block pairs ``(I, J)`` kept by the test
-   ``C_lb(I, J) - u_I - v_J <= truncate * eps``, with ``C_lb`` the cost at the smallest
-   possible distance between the blocks (centroid distance minus both blocks' radii: a lower
-   bound for every point pair) and ``u_I`` (``v_J``) the largest potential or soft-min value
-   in the block. A dropped pair's kernel entries are then below ``exp(-truncate)`` relative
-   to the row's (column's) total, for the potentials the test was built on. The pattern is
+   ``max_{i in I, j in J} u_i + v_j - C(x_i, y_j) >= -truncate * eps``, evaluated through two
+   upper bounds (:meth:`_Pair.build`): the blocks' largest ``u``, ``v`` (potential or soft-min
+   values) minus the cost at the gap between the blocks' bounding boxes, and, for
+   ``|x-y|^2/2``, an affine bound of ``u`` and ``v`` on each block (their gradient is the
+   displacement) with the cost expanded around the boxes' centres. Both hold for every point
+   pair, so a dropped pair's kernel entries are below ``exp(-truncate)`` relative to the row's
+   (column's) total, for the potentials the test was built on. The pattern is
    rebuilt whenever ``eps`` changes, once more after :data:`REBUILD_AFTER` soft-mins at the
    same ``eps`` (the potentials have moved to that ``eps`` by then), and every
    :data:`REBUILD_EVERY` soft-mins after that. The HK cone cost is
@@ -139,7 +141,8 @@ class _Cloud:
 
     Attributes: ``perm`` (sorted -> caller order, ``x_sorted = x[perm]``), ``inv`` (the
     inverse), ``ranges: (K, 2)`` block slices of the sorted cloud, ``labels: (n,)`` sorted
-    block labels, ``centers: (K, D)``, ``radius: (K,)``, ``coarse_x: (Kc, D)``,
+    block labels, ``centers: (K, D)``, ``box_center, half_width: (K, D)`` (bounding boxes),
+    ``coarse_x: (Kc, D)``,
     ``coarse_w: (Kc,)``.
     """
 
@@ -154,10 +157,14 @@ class _Cloud:
         self.inv = torch.empty_like(self.perm)
         self.inv[self.perm] = idx
         xs = x[self.perm]
+        self._xs64 = xs.to(torch.float64)
         self.ranges, self.centers, _ = cluster_ranges_centroids(xs, self.labels)
-        dist = (xs - self.centers[self.labels]).norm(dim=-1)
-        K = self.centers.shape[0]
-        self.radius = dist.new_zeros(K).scatter_reduce_(0, self.labels, dist, "amax", include_self=True)
+        K, D = self.centers.shape
+        # Each block's bounding box (the truncation test's geometry): centre and half-widths.
+        lab = self.labels[:, None].expand(-1, D)
+        lo = xs.new_full((K, D), math.inf).scatter_reduce_(0, lab, xs, "amin", include_self=True)
+        hi = xs.new_full((K, D), -math.inf).scatter_reduce_(0, lab, xs, "amax", include_self=True)
+        self.box_center, self.half_width = (lo + hi) / 2, (hi - lo) / 2
         self.sizes = (self.ranges[:, 1] - self.ranges[:, 0])
         clab, self.coarse_side = _grid_labels(x, coarse)
         _, self.coarse_x, _ = cluster_ranges_centroids(x, clab, weights=w)
@@ -168,6 +175,39 @@ class _Cloud:
         hs = torch.nan_to_num(h[self.perm], nan=math.inf)
         out = torch.full((self.centers.shape[0],), -math.inf, dtype=hs.dtype, device=hs.device)
         return out.scatter_reduce_(0, self.labels, hs, "amax", include_self=True)
+
+    def block_linear(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """An upper bound of ``h: (n,)`` (caller order) that is affine on each block:
+        ``h_i <= c_K + <s_K, x_i - box_center_K>`` for every point ``i`` of block ``K``.
+
+        The slope ``s: (K, D)`` is a ridge least-squares fit over the block's finite values (any
+        slope gives a valid bound; a good one makes it tight), the offset ``c: (K,)`` the largest
+        residual. A block with a ``+inf`` or NaN value gets ``c = +inf``; one with only ``-inf``
+        values ``c = -inf``.
+        """
+        hs = h[self.perm].to(torch.float64)
+        K, D = self.centers.shape
+        fin = torch.isfinite(hs)
+        w = fin.to(hs.dtype)
+        hz = torch.where(fin, hs, torch.zeros_like(hs))
+        lab = self.labels
+        d = self._xs64 - self.box_center.to(hs.dtype)[lab]  # (n, D)
+        cnt = hs.new_zeros(K).index_add_(0, lab, w).clamp_min_(1.0)
+        md = hs.new_zeros(K, D).index_add_(0, lab, d * w[:, None]) / cnt[:, None]
+        mh = hs.new_zeros(K).index_add_(0, lab, hz) / cnt
+        dc = (d - md[lab]) * w[:, None]
+        hc = (hz - mh[lab]) * w
+        cov = hs.new_zeros(K, D * D).index_add_(0, lab, (dc[:, :, None] * dc[:, None, :]).reshape(-1, D * D))
+        rhs = hs.new_zeros(K, D).index_add_(0, lab, dc * hc[:, None])
+        ridge = 1e-6 * (self.half_width.to(hs.dtype) ** 2).sum(-1).clamp_min(1e-30) * cnt
+        cov = cov.view(K, D, D) + ridge[:, None, None] * torch.eye(D, dtype=hs.dtype, device=hs.device)
+        slope = torch.linalg.solve(cov, rhs[..., None])[..., 0]
+        slope = torch.where(torch.isfinite(slope), slope, torch.zeros_like(slope))
+        resid = torch.where(fin, hs - (d * slope[lab]).sum(-1), torch.full_like(hs, -math.inf))
+        resid = torch.where(torch.isnan(hs) | (hs == math.inf), torch.full_like(hs, math.inf), resid)
+        off = hs.new_full((K,), -math.inf).scatter_reduce_(0, lab, resid, "amax", include_self=True)
+        return off.to(h.dtype), slope.to(h.dtype)
+
 
 
 def _lse_rows_inplace(E: Tensor) -> Tensor:
@@ -275,6 +315,20 @@ def _tiles(keep: Tensor, rows: _Cloud, cols: _Cloud) -> list[tuple[int, int, Ten
     return out
 
 
+def _box_quadratic_max(w1: Tensor, w2: Tensor, width: Tensor) -> Tensor:
+    """An upper bound of ``max w1 d + w2 e - (d - e)^2 / 2`` over ``|d| <= a``, ``|e| <= b``
+    (one axis), given ``width = a + b`` (all of one shape); the sum over axes bounds the
+    ``D``-dimensional maximum (the objective is separable, the boxes are products).
+
+    With ``m = (d + e)/2`` and ``s = d - e``: ``(w1 + w2) m + (w1 - w2) s / 2 - s^2/2``,
+    maximised over ``|m| <= width/2`` and ``|s| <= width`` separately (a superset of the box).
+    With zero slopes this is the box-gap bound ``-gap^2/2 + Delta^2/2`` exactly.
+    """
+    c = (w1 - w2).abs_().mul_(0.5)
+    quad = torch.where(c <= width, 0.5 * c * c, (c - 0.5 * width) * width)
+    return quad.add_((w1 + w2).abs_().mul_(0.5 * width))
+
+
 class _Pair:
     """The fine problem of one batch element: two sorted clouds, the kept pattern, tiles, ranges."""
 
@@ -286,18 +340,60 @@ class _Pair:
         self.tiles_y: list = []
         self.ranges: Any = None
 
-    def build(self, cost: Cost, u: Tensor, v: Tensor, thr: float, use_keops: bool) -> None:
-        """Keep block pairs with ``C_lb - u_I - v_J <= thr`` (``u: (Kx,)``, ``v: (Ky,)``)."""
+    def build(self, cost: Cost, u: Tensor | None, v: Tensor | None, thr: float, use_keops: bool) -> None:
+        """Keep the block pairs ``(I, J)`` where ``max_{i in I, j in J} u_i + v_j - C(x_i, y_j)``
+        may reach ``-thr``: ``u: (N,)``, ``v: (M,)`` (caller order) bound the potentials on each
+        side (``None``: keep every pair).
+
+        Two upper bounds of that maximum, the smaller one is tested (both hold for every point
+        pair of the blocks):
+
+        * ``max_I u + max_J v - C(dist(box_I, box_J))`` (any radial increasing cost);
+        * for ``|x-y|^2/2``, with ``Delta = c_I - c_J`` (box centres) and the affine bounds
+          ``u_i <= U_I + <s_I, x_i - c_I>``, ``v_j <= V_J + <t_J, y_j - c_J>``
+          (:meth:`_Cloud.block_linear`): expanding ``C`` around ``Delta``, with
+          ``d = x_i - c_I``, ``e = y_j - c_J`` in the boxes,
+          ``u_i + v_j - C_ij <= U_I + V_J - |Delta|^2/2 + <s_I - Delta, d> + <t_J + Delta, e>
+          - |d - e|^2/2``, maximised over the boxes by :func:`_box_quadratic_max`. Potentials
+          are nearly affine over a block (their gradient is the displacement), so this follows
+          the kept region's shape instead of a ball around each block.
+        """
         cx, cy = self.cx, self.cy
-        Kx = cx.centers.shape[0]
-        keep = torch.empty(Kx, cy.centers.shape[0], dtype=torch.bool, device=u.device)
-        step = max(1, 2**22 // max(1, cy.centers.shape[0]))
-        for i0 in range(0, Kx, step):
-            d = torch.cdist(cx.centers[i0:i0 + step], cy.centers)
-            d = (d - cx.radius[i0:i0 + step, None] - cy.radius[None, :]).clamp_min_(0)
-            low = _cost_of_distance(cost, d)
-            slack = low - u[i0:i0 + step, None] - v[None, :]
-            keep[i0:i0 + step] = ~(slack > thr)  # NaN (inf - inf) keeps
+        Kx, Ky = cx.centers.shape[0], cy.centers.shape[0]
+        dev = cx.centers.device
+        if u is None or v is None:
+            keep = torch.ones(Kx, Ky, dtype=torch.bool, device=dev)
+        else:
+            keep = torch.empty(Kx, Ky, dtype=torch.bool, device=dev)
+            um, vm = cx.block_max(u), cy.block_max(v)
+            rx, ry = cx.half_width.norm(dim=-1), cy.half_width.norm(dim=-1)
+            linear = type(cost) is SquaredEuclidean
+            if linear:
+                (U, S), (V, T) = cx.block_linear(u), cy.block_linear(v)
+            step = max(1, 2**22 // max(1, Ky))
+            for i0 in range(0, Kx, step):
+                i1 = min(Kx, i0 + step)
+                # A cheap first pass (balls around the boxes), then the box bounds on its survivors.
+                d = torch.cdist(cx.box_center[i0:i1], cy.box_center)
+                d = (d - rx[i0:i1, None] - ry[None, :]).clamp_min_(0)
+                cand = ~(um[i0:i1, None] + vm[None, :] - _cost_of_distance(cost, d) < -thr)  # NaN keeps
+                I, J = cand.nonzero(as_tuple=True)
+                I0 = I + i0
+                # Per axis on 1-D gathers (the (pairs, D) layout is several times slower here).
+                gap2 = I0.new_zeros(I0.shape, dtype=d.dtype)
+                lin = (U[I0] + V[J]) if linear else None
+                for k in range(cx.box_center.shape[1]):
+                    delta = cx.box_center[:, k][I0] - cy.box_center[:, k][J]
+                    width = cx.half_width[:, k][I0] + cy.half_width[:, k][J]
+                    gap2 += (delta.abs() - width).clamp_min_(0).square_()
+                    if linear:
+                        lin += _box_quadratic_max(S[:, k][I0] - delta, T[:, k][J] + delta, width)
+                        lin -= 0.5 * delta * delta
+                bound = um[I0] + vm[J] - _cost_of_distance(cost, gap2.sqrt_())
+                if linear:
+                    bound = torch.minimum(bound, lin)  # NaN propagates (kept)
+                cand[I, J] = ~(bound < -thr)  # NaN (inf - inf) keeps
+                keep[i0:i1] = cand
         self.keep = keep
         self.tiles_x = _tiles(keep, cx, cy)
         self.tiles_y = _tiles(keep.t(), cy, cx)
@@ -451,17 +547,27 @@ class MultiscaleBackend:
                                          symmetric=symmetric, momentum=False)
             # One soft-min extrapolation to the points (each side against the other's centroids).
             x, y = self.x[k_b].detach()[None], self.y[k_b].detach()[None]
-            a, b = self.a[k_b].detach()[None], self.b[k_b].detach()[None]
-            f_pts = penalty_a.aprox(ChunkedBackend(x, yc, a, bc, self.cost).softmin_x(e_jump, gc), e_jump)
+            f_pts = penalty_a.aprox(self._dense_softmin(x, yc, bc, gc, e_jump), e_jump)
             if symmetric:
                 g_pts = f_pts
             else:
-                g_pts = penalty_b.aprox(ChunkedBackend(y, xc, b, ac, self.cost).softmin_x(e_jump, fc), e_jump)
+                g_pts = penalty_b.aprox(self._dense_softmin(y, xc, ac, fc, e_jump), e_jump)
             f0.append(f_pts[0])
             g0.append(g_pts[0])
         f_init, g_init = torch.stack(f0), torch.stack(g0)
         self._u, self._v = f_init, g_init
         return (f_init if symmetric else g_init), eps_list[k:], k
+
+    def _dense_softmin(self, p: Tensor, q: Tensor, w: Tensor, h: Tensor, eps: float) -> Tensor:
+        """``-eps log sum_j w_j exp((h_j - C(p_i, q_j))/eps)`` over every ``j``: ``p: (1, n, D)``,
+        ``q: (1, m, D)``, ``w, h: (1, m)`` -> ``(1, n)`` (the jump from the coarse centroids)."""
+        if type(self.cost) is not SquaredEuclidean:
+            return ChunkedBackend(p, q, torch.ones_like(p[..., 0]), w, self.cost).softmin_x(eps, h)
+        m = q.shape[1]
+        cols = torch.arange(m, device=q.device)
+        step = max(1, TILE_ENTRIES // max(1, m))
+        tiles = [(i0, min(p.shape[1], i0 + step), cols) for i0 in range(0, p.shape[1], step)]
+        return -eps * _sq_lse_tiles(p[0], q[0], safe_log(w[0]) + h[0] / eps, eps, tiles)[None]
 
     # ------------------------------------------------------------------ pattern
     def _maybe_build(self, eps: float, count: bool = True) -> None:
@@ -478,11 +584,9 @@ class MultiscaleBackend:
         thr = self.truncate * eps
         for k, pair in enumerate(self._pairs):
             if self._u is None or self._v is None:
-                u = self.x.new_full((pair.cx.centers.shape[0],), math.inf)
-                v = self.x.new_full((pair.cy.centers.shape[0],), math.inf)
+                pair.build(self.cost, None, None, thr, self.use_keops)
             else:
-                u, v = pair.cx.block_max(self._u[k]), pair.cy.block_max(self._v[k])
-            pair.build(self.cost, u, v, thr, self.use_keops)
+                pair.build(self.cost, self._u[k], self._v[k], thr, self.use_keops)
         self._built_eps = eps
         self.n_builds += 1
 
