@@ -4,12 +4,17 @@ from .costs import CallableCost, Cost, HKConeCost, PowerCost, SquaredEuclidean
 from .divergence import hk_distance, sinkhorn_divergence
 from .losses import HKLoss, SinkhornDivergence, UnbalancedSinkhornLoss
 from .penalties import KL, TV, Balanced, Penalty, ReverseKL
+from .problem import SinkhornOptions, UOTProblem
 from .result import ConvergenceError, ConvergenceWarning, UOTResult
-from .sinkhorn import epsilon_schedule, sinkhorn, sinkhorn_from_cost
+from .sinkhorn import AdaptiveMomentum, epsilon_schedule, sinkhorn, sinkhorn_from_cost, solve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "UOTProblem",
+    "SinkhornOptions",
+    "solve",
+    "AdaptiveMomentum",
     "sinkhorn",
     "sinkhorn_from_cost",
     "sinkhorn_divergence",

@@ -41,7 +41,8 @@ from ._typing import Tensor
 from ._validation import check_positive
 from .backends import TensorizedBackend
 from .costs import SquaredEuclidean
-from .sinkhorn import _check_solver_args, _solve_full, check_convergence, epsilon_schedule, resolve_penalties
+from .problem import SinkhornOptions, UOTProblem, resolve_penalties
+from .sinkhorn import check_convergence, solve_potentials
 
 __all__ = ["PlanSampler", "CouplingSample", "COUPLING_METHODS", "pairwise_cost"]
 
@@ -88,7 +89,8 @@ class PlanSampler:
         tau_a, tau_b: OTT's marginal relaxation ``tau = rho / (rho + eps)`` in ``(0, 1]``
             for ``"uot"`` (1 is balanced). Ignored unless ``method == "uot"``.
         reach: GeomLoss-style reach instead of ``tau_a``/``tau_b`` (``rho = reach**2``); a
-            float or a pair ``(source, target)`` with ``None`` for a balanced side.
+            float or a pair ``(source, target)`` with ``None`` for a balanced side. Giving it
+            with ``tau_a``/``tau_b`` other than their defaults raises (one convention only).
         normalize_cost: ``"mean"`` (divide the cost by its mean, as the references do),
             ``"max"`` or ``None``.
         max_iter: Sinkhorn iteration cap. A training step needs a plan good to a few
@@ -106,6 +108,10 @@ class PlanSampler:
         on_nonconvergence: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when the Sinkhorn
             solve stops unconverged (as in :func:`torchuot.sinkhorn`; with this sampler's ``tol``,
             the marginal tolerance is ``1e-2``).
+        options: a :class:`~torchuot.SinkhornOptions` for the solve instead of ``max_iter``,
+            ``tol``, ``scaling`` and ``on_nonconvergence`` (which then must be left at this
+            sampler's defaults or agree with it; a conflict raises). Gives access to
+            ``momentum`` and ``check_every``; ``grad`` is irrelevant (the plan is sampled).
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class PlanSampler:
         replace: bool = True,
         on_failure: str = "raise",
         on_nonconvergence: str = "warn",
+        options: SinkhornOptions | None = None,
     ) -> None:
         if method not in COUPLING_METHODS:
             raise ValueError(f"method must be one of {COUPLING_METHODS}, got {method!r}.")
@@ -135,11 +142,20 @@ class PlanSampler:
             raise ValueError(f"normalize_cost must be 'mean', 'max' or None, got {normalize_cost!r}.")
         if on_failure not in ("raise", "warn"):
             raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}.")
-        _check_solver_args(max_iter, tol, "envelope", on_nonconvergence)  # max_iter, tol, policy
+        opts = SinkhornOptions.merge(
+            options, defaults=dict(max_iter=200, tol=1e-3), max_iter=max_iter, tol=tol,
+            scaling=scaling, on_nonconvergence=on_nonconvergence,
+        )
         if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < 1:
             raise ValueError(f"scaling must lie in (0, 1) (eps-scaling ratio), got {scaling!r}.")
         if not isinstance(replace, bool):
             raise TypeError(f"replace must be a bool, got {type(replace)!r}.")
+        if reach is not None and (tau_a, tau_b) != (0.9, 1.0):
+            raise ValueError(
+                f"give the marginal relaxation in one convention only: reach={reach!r} (GeomLoss) or "
+                f"tau_a={tau_a!r} / tau_b={tau_b!r} (OTT), not both (leave tau_a, tau_b at their "
+                "defaults when giving reach)."
+            )
         if reach is not None:
             for r in (reach if isinstance(reach, (tuple, list)) else (reach,)):
                 if r is not None:
@@ -152,12 +168,13 @@ class PlanSampler:
         self.tau_b = float(tau_b)
         self.reach = tuple(reach) if isinstance(reach, list) else reach
         self.normalize_cost = normalize_cost
-        self.max_iter = max_iter
-        self.tol = float(tol)
-        self.scaling = float(scaling)
+        self.options = opts
+        self.max_iter = opts.max_iter
+        self.tol = float(opts.tol)
+        self.scaling = float(opts.scaling)
         self.replace = bool(replace)
         self.on_failure = on_failure
-        self.on_nonconvergence = on_nonconvergence
+        self.on_nonconvergence = opts.on_nonconvergence
 
     def __repr__(self) -> str:
         extra = ""
@@ -169,6 +186,13 @@ class PlanSampler:
             )
         norm = self.normalize_cost
         return f"PlanSampler(method={self.method!r}, eps={self.eps}{extra}, normalize_cost={norm!r})"
+
+    @property
+    def _solve_options(self) -> SinkhornOptions:
+        """The solve's options from the current attributes (the plan is sampled: envelope mode)."""
+        return SinkhornOptions(scaling=self.scaling, max_iter=self.max_iter, tol=self.tol,
+                               momentum=self.options.momentum, check_every=self.options.check_every,
+                               on_nonconvergence=self.on_nonconvergence)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -214,9 +238,9 @@ class PlanSampler:
     def _solve(self, f0: Tensor, f1: Tensor) -> tuple[Tensor, int, bool]:
         """Entropic plan ``(n, m)`` divided by its mass, Sinkhorn iterations and convergence.
 
-        The solver's pieces are called directly (not :func:`torchuot.sinkhorn`): the
-        normalised cost matrix is built once here and handed to the dense backend, and the
-        result needs the plan only, not the dual value.
+        The problem is built from the dense backend (not by :meth:`UOTProblem.from_cost`): the
+        normalised cost matrix is built once here, and it needs no validation pass; the result
+        needs the plan only, not the dual value (:func:`torchuot.sinkhorn.solve_potentials`).
         """
         kw: dict = {}
         if self.method == "uot":
@@ -233,10 +257,8 @@ class PlanSampler:
         ops = TensorizedBackend((f0 * r)[None], (f1 * r)[None], a, b, _COST, C=C[None])
         # The eps schedule starts at the largest cost of the batch (the bounding box's diagonal
         # of GeomLoss is far larger in high dimension): fewer annealing stages, same solution.
-        eps_list = epsilon_schedule(max(float(C.max()), self.eps), self.eps, self.scaling, 2.0)
-        solved = _solve_full(
-            ops, pen_a, pen_b, eps_list, self.max_iter, self.tol, "envelope", symmetric=False
-        )
+        problem = UOTProblem(ops, pen_a, pen_b, self.eps, float(C.max()), 2.0, True, _COST)
+        solved = solve_potentials(problem, self._solve_options)
         check_convergence(self.on_nonconvergence, [solved], f"PlanSampler({self.method!r})", stacklevel=5)
         f, g, n_iters, converged = solved[:4]
         # log pi_ij = log a_i + log b_j + (f_i + g_j - C_ij) / eps, built in place in one buffer;

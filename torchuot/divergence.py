@@ -10,16 +10,17 @@ non-negative for KL penalties (and balanced ones), zero iff ``a = b``, and equal
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 
 from ._typing import Tensor
 from ._validation import check_positive
-from .backends import resolve_backend
 from .costs import CostLike, HKConeCost
 from .penalties import PenaltyLike
-from .sinkhorn import _schedule, _solve_full, check_convergence, check_costs, dual_value, prepare_problem
+from .problem import SinkhornOptions, UOTProblem
+from .sinkhorn import check_convergence, dual_value, solve_potentials
 
 __all__ = ["sinkhorn_divergence", "hk_distance", "hk_setup", "debiased_value", "HK_RHO"]
 
@@ -73,40 +74,36 @@ def sinkhorn_divergence(
     backend: str = "auto",
     momentum: bool = True,
     on_nonconvergence: str = "warn",
+    options: SinkhornOptions | None = None,
 ) -> Tensor:
     """Debiased (unbalanced) Sinkhorn divergence ``S_eps(a, b)``.
 
-    Arguments and conventions as :func:`torchuot.sinkhorn`. The self terms ``OT(a, a)`` and
-    ``OT(b, b)`` use the source's and the target's penalty on both sides respectively.
+    Arguments and conventions as :func:`torchuot.sinkhorn` (``options`` included). The self terms
+    ``OT(a, a)`` and ``OT(b, b)`` use the source's and the target's penalty on both sides
+    respectively (:meth:`UOTProblem.self_problem`), and the schedule of the cross problem.
     ``on_nonconvergence`` applies to each of the three solves.
 
     Returns:
         ``(B,)`` values, or a scalar for unbatched inputs. Differentiable.
     """
-    xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b = prepare_problem(
+    opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                 momentum=momentum, on_nonconvergence=on_nonconvergence)
+    prob = UOTProblem.from_points(
         x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
-        tau_a=tau_a, tau_b=tau_b, penalty=penalty, max_iter=max_iter, tol=tol, grad=grad,
-        on_nonconvergence=on_nonconvergence,
+        tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter, backend=backend,
     )
-    ops_xy = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
-    ops_xx = resolve_backend(backend, xb, xb, ab, ab, cost_obj)
-    ops_yy = resolve_backend(backend, yb, yb, bb, bb, cost_obj)
-    for ops, pa, pb in ((ops_xy, pen_a, pen_b), (ops_xx, pen_a, pen_a), (ops_yy, pen_b, pen_b)):
-        check_costs(ops, cost_obj, pa, pb)
     # One schedule for the three problems, from the joint diameter (as GeomLoss).
-    eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops_xy)
+    prob_aa, prob_bb = prob.self_problem("a"), prob.self_problem("b")
     # A value only: its implicit gradient is the envelope one (no linear solve needed).
-    common = dict(max_iter=max_iter, tol=tol, grad="envelope" if grad == "implicit" else grad)
-    s_xy = _solve_full(ops_xy, pen_a, pen_b, eps_list, symmetric=False, momentum=momentum, **common)
-    s_xx = _solve_full(ops_xx, pen_a, pen_a, eps_list, symmetric=True, **common)
-    s_yy = _solve_full(ops_yy, pen_b, pen_b, eps_list, symmetric=True, **common)
-    check_convergence(on_nonconvergence, [s_xy, s_xx, s_yy], "sinkhorn_divergence")
-    f, g, f_aa, g_bb = s_xy.f, s_xy.g, s_xx.f, s_yy.f
-    ot_ab = dual_value(ops_xy, pen_a, pen_b, eps_f, f, g)
-    ot_aa = dual_value(ops_xx, pen_a, pen_a, eps_f, f_aa, f_aa)
-    ot_bb = dual_value(ops_yy, pen_b, pen_b, eps_f, g_bb, g_bb)
-    out = debiased_value(ot_ab, ot_aa, ot_bb, eps_f, ab.sum(-1), bb.sum(-1))
-    return out if batched else out[0]
+    if opts.grad == "implicit":
+        opts = dataclasses.replace(opts, grad="envelope")
+    s_xy, s_xx, s_yy = (solve_potentials(q, opts) for q in (prob, prob_aa, prob_bb))
+    check_convergence(opts.on_nonconvergence, [s_xy, s_xx, s_yy], "sinkhorn_divergence")
+    ot_ab = dual_value(prob.ops, prob.penalty_a, prob.penalty_b, prob.eps, s_xy.f, s_xy.g)
+    ot_aa = dual_value(prob_aa.ops, prob_aa.penalty_a, prob_aa.penalty_a, prob.eps, s_xx.f, s_xx.f)
+    ot_bb = dual_value(prob_bb.ops, prob_bb.penalty_b, prob_bb.penalty_b, prob.eps, s_yy.f, s_yy.f)
+    out = debiased_value(ot_ab, ot_aa, ot_bb, prob.eps, prob.a.sum(-1), prob.b.sum(-1))
+    return out if prob.batched else out[0]
 
 
 def hk_distance(
@@ -121,11 +118,14 @@ def hk_distance(
     debias: bool = True,
     squared: bool = True,
     scaling: float = 0.5,
+    diameter: float | None = None,
     max_iter: int = 1000,
     tol: float = 1e-6,
     grad: str = "envelope",
     backend: str = "auto",
+    momentum: bool = True,
     on_nonconvergence: str = "warn",
+    options: SinkhornOptions | None = None,
 ) -> Tensor:
     """Entropic Hellinger-Kantorovich distance (squared by default).
 
@@ -140,16 +140,17 @@ def hk_distance(
             Default ``blur = 0.05 * kappa``.
         debias: return the debiased divergence (zero on identical inputs) rather than ``OT_eps``.
         squared: return ``HK^2`` (default) or ``HK = sqrt(max(HK^2, 0))``.
-        on_nonconvergence: ``"warn"`` (default), ``"raise"`` or ``"ignore"``, as in
-            :func:`torchuot.sinkhorn`.
+        scaling, diameter, max_iter, tol, grad, backend, momentum, on_nonconvergence, options: as
+            in :func:`torchuot.sinkhorn`.
     """
     if blur is not None and eps is not None:
         raise ValueError("give either blur or eps, not both.")
     kappa = check_positive(kappa, "kappa")  # type: ignore[assignment]
     cost, eps_blur, rho = hk_setup(kappa, 0.05 * kappa if blur is None else blur)
     eps = eps_blur if eps is None else eps
-    kw = dict(cost=cost, eps=eps, rho=rho, penalty="kl", scaling=scaling, max_iter=max_iter,
-              tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence)
+    kw = dict(cost=cost, eps=eps, rho=rho, penalty="kl", scaling=scaling, diameter=diameter,
+              max_iter=max_iter, tol=tol, grad=grad, backend=backend, momentum=momentum,
+              on_nonconvergence=on_nonconvergence, options=options)
     if debias:
         val = sinkhorn_divergence(x, y, a, b, **kw)  # type: ignore[arg-type]
     else:

@@ -61,8 +61,9 @@ from .backends.grid import F32_STENCIL_SPAN, GridPairsBackend, hk_stencil
 from .costs import SquaredEuclidean
 from .divergence import debiased_value, hk_setup
 from .penalties import KL, Balanced, Penalty
+from .problem import SinkhornOptions, UOTProblem
 from .progress import progress_bar
-from .sinkhorn import _solve, dual_value, epsilon_schedule
+from .sinkhorn import dual_value, epsilon_schedule, solve_potentials
 
 __all__ = [
     "METRICS",
@@ -158,13 +159,19 @@ def _masses(w: Tensor, name: str) -> Tensor:
 
 # ---------------------------------------------------------------------------- solving blocks
 class _Problem:
-    """Everything that is fixed across blocks: penalties, eps schedule, backend factory."""
+    """Everything that is fixed across blocks: penalties, eps schedule, options; each block is a
+    :meth:`UOTProblem.on_grid` solved by :func:`torchuot.sinkhorn.solve_potentials`."""
 
     def __init__(self, metric: str, shape: tuple[int, int], spacing: float, diameter: float, *,
                  kappa: float, blur: float, reach: float | None, scaling: float, max_iter: int,
-                 tol: float) -> None:
-        self.metric, self.shape, self.spacing = metric, shape, spacing
+                 tol: float, options: SinkhornOptions | None = None) -> None:
+        self.metric, self.shape, self.spacing, self.diameter = metric, shape, spacing, diameter
         self.max_iter, self.tol = max_iter, tol
+        # Values only, no gradient: the envelope mode; non-convergence is logged per block.
+        base = SinkhornOptions(scaling=scaling, max_iter=max_iter, tol=tol) if options is None else options
+        self.options = SinkhornOptions(scaling=scaling, max_iter=max_iter, tol=tol, grad="envelope",
+                                       momentum=base.momentum, check_every=base.check_every,
+                                       on_nonconvergence="ignore")
         if metric == "hk":
             cost, self.eps, rho = hk_setup(kappa, blur)  # HK's conventions, as hk_distance
             self.pen: Penalty = KL(rho)
@@ -184,22 +191,28 @@ class _Problem:
         # solver does from the bounding box of the full grid).
         self.eps_list = epsilon_schedule(cost.eps_start(diameter), self.eps, scaling, cost.p)
 
-    def ops(self, a: Tensor, b: Tensor) -> GridPairsBackend:
+    def problem(self, a: Tensor, b: Tensor, *, symmetric: bool = False) -> UOTProblem:
+        """The block's problem ``(B, P), (B, P)`` on the grid."""
         # float32 lacks the range for the separable W2 kernel (many fallbacks); the HK stencil is
         # short-range and fine in float32 while its kernel spans a moderate range.
         wide = self.kind == "separable" or self.stencil_span > F32_STENCIL_SPAN
-        return GridPairsBackend(a, b, self.shape, kind=self.kind, spacing=self.spacing, kappa=self.kappa,
-                                exp_dtype=torch.float64 if wide else a.dtype)
+        return UOTProblem.on_grid(
+            a, b, self.shape, cost="hk" if self.kind == "stencil" else "sqeuclidean",
+            spacing=self.spacing, kappa=self.kappa, eps=self.eps, penalty=self.pen,
+            symmetric=symmetric, exp_dtype=torch.float64 if wide else a.dtype, diameter=self.diameter,
+        )
+
+    def ops(self, a: Tensor, b: Tensor) -> GridPairsBackend:
+        return self.problem(a, b).ops  # type: ignore[return-value]
 
     def value(self, a: Tensor, b: Tensor, *, symmetric: bool = False) -> Tensor:
         """Entropic ``OT_eps(a_k, b_k)`` for a block: ``(B, P), (B, P) -> (B,)``."""
-        ops = self.ops(a, b)
-        f, g, _, conv = _solve(ops, self.pen, self.pen, self.eps_list, self.max_iter, self.tol,
-                               "envelope", symmetric=symmetric)
-        if not conv:
+        prob = self.problem(a, b, symmetric=symmetric)
+        s = solve_potentials(prob, self.options)
+        if not s.converged:
             _log.warning("pairwise_distances: a block of %d pairs hit max_iter=%d before tol=%g.",
                          a.shape[0], self.max_iter, self.tol)
-        return dual_value(ops, self.pen, self.pen, self.eps, f, g)
+        return dual_value(prob.ops, self.pen, self.pen, self.eps, s.f, s.g)
 
 
 def _batched(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -249,6 +262,7 @@ def pairwise_distances(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     distributed: bool | None = None,
+    options: SinkhornOptions | None = None,
 ) -> Tensor:
     """Distance matrix between two sets of images (or within one set).
 
@@ -284,12 +298,20 @@ def pairwise_distances(
             parts (every rank returns the whole matrix). ``None`` (default): when a process
             group with more than one rank is initialised. ``True`` initialises one from the
             ``torchrun`` environment if needed (nccl on CUDA, else gloo).
+        options: a :class:`~torchuot.SinkhornOptions` instead of ``scaling``, ``max_iter`` and
+            ``tol`` (left at their defaults, or agreeing with it: a conflict raises); its
+            ``momentum`` and ``check_every`` are used too (the checkpoint key covers ``scaling``,
+            ``max_iter`` and ``tol``). Always envelope mode; non-convergence is logged per block.
 
     Returns:
         ``(N, M)`` distances on the input's device, in ``dtype``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    if options is not None:
+        options = SinkhornOptions.merge(options, defaults=dict(tol=1e-4), scaling=scaling,
+                                        max_iter=max_iter, tol=tol)
+        scaling, max_iter, tol = options.scaling, options.max_iter, options.tol
     dist_ctx = _distributed_context(distributed)
     if device is None and dist_ctx is not None and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -301,7 +323,7 @@ def pairwise_distances(
         D = _euclidean(inp, my_rows)
     else:
         prob = _build_problem(metric, inp, kappa=kappa, blur=blur, reach=reach, scaling=scaling,
-                              max_iter=max_iter, tol=tol)
+                              max_iter=max_iter, tol=tol, options=options)
         ckpt = checkpoint if dist_ctx is None or checkpoint is None else rank_checkpoint_path(
             checkpoint, dist_ctx.rank, dist_ctx.world)
         key = None if ckpt is None else _config_key(
@@ -355,7 +377,8 @@ def _validate(images_a: object, images_b: object, *, metric: str, normalize: boo
 
 
 def _build_problem(metric: str, inp: _Inputs, *, kappa: object, blur: object, reach: object,
-                   scaling: object, max_iter: int, tol: object) -> _Problem:
+                   scaling: object, max_iter: int, tol: object,
+                   options: SinkhornOptions | None = None) -> _Problem:
     """Check the OT arguments and fix the penalties and eps schedule shared by all blocks."""
     blur = 0.5 * inp.spacing if blur is None else _positive(blur, "blur")
     kappa = _positive(kappa, "kappa")
@@ -369,7 +392,8 @@ def _build_problem(metric: str, inp: _Inputs, *, kappa: object, blur: object, re
     H, W = inp.shape
     diameter = math.hypot(H - 1, W - 1) * inp.spacing
     return _Problem(metric, inp.shape, inp.spacing, diameter, kappa=kappa, blur=blur,
-                    reach=reach, scaling=scaling, max_iter=max_iter, tol=tol)  # type: ignore[arg-type]
+                    reach=reach, scaling=scaling, max_iter=max_iter, tol=tol,  # type: ignore[arg-type]
+                    options=options)
 
 
 def _my_rows(rows: tuple[int, int], dist_ctx: _Dist | None) -> Tensor:

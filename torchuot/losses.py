@@ -3,23 +3,36 @@
 Every loss is called like GeomLoss's ``SamplesLoss``: ``loss(x, y)`` (uniform weights ``1/N``,
 ``1/M``) or ``loss(a, x, b, y)``; batched inputs ``x: (B, N, D)`` give ``B`` values reduced by
 ``reduction`` (``"mean"``, ``"sum"`` or ``"none"``).
+
+A loss takes its function's arguments, with the same names and defaults (a test compares the
+signatures), plus ``reduction``; where a default must differ it is listed in the class's
+``DEFAULTS_DIFFER`` with the reason. The arguments are validated and their conventions resolved at
+construction, as the function does at call time (mixing ``reach`` with ``rho`` raises in both);
+the loop's arguments become one :class:`~torchuot.SinkhornOptions` (``options=`` passes one
+directly; an argument that disagrees with it raises).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from torch import nn
 
 from ._typing import Tensor
-from .costs import CostLike, HKConeCost
+from .costs import CostLike, HKConeCost, make_cost
 from .divergence import hk_distance, sinkhorn_divergence
-from .penalties import PenaltyLike
+from .penalties import Penalty, PenaltyLike
+from .problem import SinkhornOptions, resolve_eps, resolve_penalties
 from .sinkhorn import sinkhorn
 
-__all__ = ["UnbalancedSinkhornLoss", "SinkhornDivergence", "HKLoss"]
+__all__ = ["UnbalancedSinkhornLoss", "SinkhornDivergence", "HKLoss", "CONVENTIONS"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+#: Values of ``UnbalancedSinkhornLoss(convention=...)``, named for what they return.
+CONVENTIONS = ("dual", "geomloss")
 
 
 def _split_args(args: tuple) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor]:
@@ -44,97 +57,124 @@ def _check_reduction(reduction: str) -> str:
     return reduction
 
 
-def _check_conventions(blur: object, eps: object, reach: object, rho: object, tau_a: object,
-                       tau_b: object) -> None:
-    """Conflicting conventions raise here as they do in the functions (no silent pick)."""
-    if blur is not None and eps is not None:
-        raise ValueError(
-            f"give either blur (GeomLoss convention) or eps (OTT/POT), not both; got blur={blur!r} "
-            f"and eps={eps!r}."
-        )
-    given = [n for n, v in (("reach", reach), ("rho", rho)) if v is not None]
-    if tau_a is not None or tau_b is not None:
-        given.append("tau_a/tau_b")
-    if len(given) > 1:
-        raise ValueError(
-            f"give the marginal penalty strength in one convention only, got {', '.join(given)}."
-        )
+def _check_problem_args(*, cost: CostLike = None, p: float = 2.0, blur: object = None,
+                        eps: object = None, reach: object = None, rho: object = None,
+                        reg_m: object = None, tau_a: object = None, tau_b: object = None,
+                        penalty: Any = "kl") -> None:
+    """Resolve the conventions as the functions do (the same checks and messages): conflicting
+    conventions raise here, at construction, never silently pick one."""
+    cost_obj = make_cost(cost, p=p)
+    eps_f = resolve_eps(cost_obj, blur, eps)  # type: ignore[arg-type]
+    resolve_penalties(cost_obj, eps_f, reach=reach, rho=rho, reg_m=reg_m, tau_a=tau_a,  # type: ignore[arg-type]
+                      tau_b=tau_b, penalty=penalty)
 
 
-def _check_loop_args(max_iter: object, tol: object, grad: object, on_nonconvergence: object) -> None:
-    from .sinkhorn import _check_solver_args
-
-    _check_solver_args(max_iter, tol, grad, on_nonconvergence)  # type: ignore[arg-type]
+def _no_strength(reach: object, rho: object, reg_m: object, tau_a: object, tau_b: object) -> bool:
+    return reach is None and rho is None and reg_m is None and tau_a is None and tau_b is None
 
 
 class _SolverLoss(nn.Module):
-    def __init__(self, *, reduction: str, **solver_kwargs: object) -> None:
+    """A loss over one solver function: ``problem_kwargs`` for the problem, ``options`` for the loop."""
+
+    #: ``{parameter: (effective default, reason)}`` where this loss's default differs from its
+    #: function's (the signature test reads it; empty when every default is shared).
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {}
+
+    def __init__(self, *, reduction: str, options: SinkhornOptions, **problem_kwargs: object) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
-        self.solver_kwargs = solver_kwargs
+        self.options = options
+        self.problem_kwargs = problem_kwargs
+
+    @property
+    def solver_kwargs(self) -> dict[str, object]:
+        """Every keyword argument the function is called with (problem arguments and options)."""
+        return dict(self.problem_kwargs, options=self.options)
 
     def extra_repr(self) -> str:
-        kw = ", ".join(f"{k}={v!r}" for k, v in self.solver_kwargs.items() if v is not None)
-        return f"{kw}, reduction={self.reduction!r}"
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.problem_kwargs.items() if v is not None)
+        return f"{kw}, options={self.options!r}, reduction={self.reduction!r}"
 
 
 class UnbalancedSinkhornLoss(_SolverLoss):
-    """Entropic UOT value ``OT_eps(a, b)`` (biased: ``OT_eps(a, a) != 0``).
+    """Entropic UOT value ``OT_eps(a, b)`` of :func:`torchuot.sinkhorn` (biased: ``OT_eps(a, a) != 0``).
 
-    The value is the primal objective ``<pi, C> + eps KL(pi | a x b) + D_a + D_b`` (equal to the
-    dual at convergence); ``convention="geomloss"`` returns GeomLoss's ``debias=False`` value
-    instead (see :attr:`torchuot.UOTResult.value_geomloss`).
+    ``convention="dual"`` (default) returns ``result.value``: the dual objective at the computed
+    potentials, which equals the primal ``<pi, C> + eps KL(pi | a x b) + D_a + D_b`` at
+    convergence; ``convention="geomloss"`` returns GeomLoss's ``debias=False`` value instead (see
+    :attr:`torchuot.UOTResult.value_geomloss`). ``"primal"``, the former name of ``"dual"``, is
+    deprecated (same value, with a ``DeprecationWarning``).
 
     Args:
         blur, eps: entropic regularisation (``eps = blur**p``; one of them, default ``blur=0.05``).
-        reach, rho, tau_a, tau_b: KL/TV strength in one convention (``rho = reach**p``; default
-            ``reach=1``). Giving two conventions raises, as in :func:`torchuot.sinkhorn`.
-        penalty: ``"kl"``, ``"tv"``, ``"balanced"`` or one per side.
-        cost, p, scaling, max_iter, tol, grad, backend, on_nonconvergence: see
-            :func:`torchuot.sinkhorn`.
+        reach, rho, reg_m, tau_a, tau_b: KL/TV strength in one convention (``rho = reach**p``).
+            Default ``reach=1`` where :func:`torchuot.sinkhorn` is balanced (see
+            :attr:`DEFAULTS_DIFFER`). Giving two conventions raises, as in the function.
+        penalty: ``"kl"``, ``"tv"``, ``"balanced"``, a Penalty or one per side.
+        cost, p, scaling, diameter, max_iter, tol, grad, backend, momentum, on_nonconvergence,
+            options: see :func:`torchuot.sinkhorn`.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
     """
+
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {
+        "reach": (1.0, "an unbalanced loss: without a penalty strength it uses reach=1 (KL), where "
+                       "sinkhorn() without one solves the balanced problem"),
+    }
 
     def __init__(
         self,
         *,
+        cost: CostLike = None,
+        p: float = 2.0,
         blur: float | None = None,
         eps: float | None = None,
         reach: object = None,
         rho: object = None,
+        reg_m: object = None,
         tau_a: float | None = None,
         tau_b: float | None = None,
         penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
-        cost: CostLike = None,
-        p: float = 2.0,
         scaling: float = 0.5,
+        diameter: float | None = None,
         max_iter: int = 1000,
         tol: float = 1e-6,
         grad: str = "envelope",
         backend: str = "auto",
-        convention: str = "primal",
-        reduction: str = "mean",
+        momentum: bool = True,
         on_nonconvergence: str = "warn",
+        options: SinkhornOptions | None = None,
+        convention: str = "dual",
+        reduction: str = "mean",
     ) -> None:
-        if convention not in ("primal", "geomloss"):
-            raise ValueError(f"convention must be 'primal' or 'geomloss', got {convention!r}.")
-        _check_conventions(blur, eps, reach, rho, tau_a, tau_b)
-        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
+        if convention == "primal":
+            warnings.warn(
+                "UnbalancedSinkhornLoss(convention='primal') is deprecated: it has always returned the "
+                "dual objective at the potentials (equal to the primal at convergence); use "
+                "convention='dual'.", DeprecationWarning, stacklevel=2,
+            )
+            convention = "dual"
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}.")
+        pens = penalty if isinstance(penalty, (tuple, list)) else (penalty,)
+        if _no_strength(reach, rho, reg_m, tau_a, tau_b) and not any(isinstance(q, Penalty) for q in pens):
+            reach = self.DEFAULTS_DIFFER["reach"][0]  # (Penalty objects carry their own strength)
+        _check_problem_args(cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
+                            tau_a=tau_a, tau_b=tau_b, penalty=penalty)
+        opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                     momentum=momentum, on_nonconvergence=on_nonconvergence)
         if eps is None and blur is None:
             blur = 0.05
-        if reach is None and rho is None and tau_a is None and tau_b is None:
-            reach = 1.0
         super().__init__(
-            reduction=reduction, blur=blur, eps=eps, reach=reach, rho=rho, tau_a=tau_a,
-            tau_b=tau_b, penalty=penalty, cost=cost, p=p, scaling=scaling, max_iter=max_iter,
-            tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence,
+            reduction=reduction, options=opts, cost=cost, p=p, blur=blur, eps=eps, reach=reach,
+            rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter,
+            backend=backend,
         )
         self.convention = convention
 
     def forward(self, *args: Tensor) -> Tensor:
         a, x, b, y = _split_args(args)
         res = sinkhorn(x, y, a, b, **self.solver_kwargs)  # type: ignore[arg-type]
-        val = res.value if self.convention == "primal" else res.value_geomloss
+        val = res.value if self.convention == "dual" else res.value_geomloss
         return _reduce(val, self.reduction)
 
 
@@ -142,7 +182,8 @@ class SinkhornDivergence(_SolverLoss):
     """Debiased unbalanced Sinkhorn divergence (>= 0, zero for identical inputs).
 
     Matches GeomLoss ``SamplesLoss("sinkhorn", p, blur, reach, debias=True)`` -- including its
-    mass term ``eps (m(a) - m(b))^2 / 2`` -- and is balanced when ``reach=None``.
+    mass term ``eps (m(a) - m(b))^2 / 2`` -- and is balanced when no penalty strength is given,
+    as :func:`torchuot.sinkhorn_divergence` (same arguments and defaults).
 
     The Hellinger-Kantorovich distance is :class:`HKLoss` (its unbalanced KL(1) penalties and
     ``eps = (blur / kappa)**2``): ``cost="hk"`` without a penalty strength is refused here rather
@@ -152,27 +193,33 @@ class SinkhornDivergence(_SolverLoss):
     def __init__(
         self,
         *,
+        cost: CostLike = None,
+        p: float = 2.0,
         blur: float | None = None,
         eps: float | None = None,
         reach: object = None,
         rho: object = None,
+        reg_m: object = None,
         tau_a: float | None = None,
         tau_b: float | None = None,
         penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
-        cost: CostLike = None,
-        p: float = 2.0,
         scaling: float = 0.5,
+        diameter: float | None = None,
         max_iter: int = 1000,
         tol: float = 1e-6,
         grad: str = "envelope",
         backend: str = "auto",
-        reduction: str = "mean",
+        momentum: bool = True,
         on_nonconvergence: str = "warn",
+        options: SinkhornOptions | None = None,
+        reduction: str = "mean",
     ) -> None:
-        _check_conventions(blur, eps, reach, rho, tau_a, tau_b)
-        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
+        _check_problem_args(cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
+                            tau_a=tau_a, tau_b=tau_b, penalty=penalty)
+        opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                     momentum=momentum, on_nonconvergence=on_nonconvergence)
         is_hk = (isinstance(cost, str) and cost.lower() == "hk") or isinstance(cost, HKConeCost)
-        if is_hk and reach is None and rho is None and tau_a is None and tau_b is None:
+        if is_hk and _no_strength(reach, rho, reg_m, tau_a, tau_b):
             raise ValueError(
                 "SinkhornDivergence(cost='hk') would solve a balanced problem, but the "
                 "Hellinger-Kantorovich distance is unbalanced (KL(1) penalties): use "
@@ -181,9 +228,9 @@ class SinkhornDivergence(_SolverLoss):
         if eps is None and blur is None:
             blur = 0.05
         super().__init__(
-            reduction=reduction, blur=blur, eps=eps, reach=reach, rho=rho, tau_a=tau_a,
-            tau_b=tau_b, penalty=penalty, cost=cost, p=p, scaling=scaling, max_iter=max_iter,
-            tol=tol, grad=grad, backend=backend, on_nonconvergence=on_nonconvergence,
+            reduction=reduction, options=opts, cost=cost, p=p, blur=blur, eps=eps, reach=reach,
+            rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter,
+            backend=backend,
         )
 
     def forward(self, *args: Tensor) -> Tensor:
@@ -197,6 +244,8 @@ class HKLoss(_SolverLoss):
     Args:
         kappa: HK length scale. blur: entropic length scale, ``eps = (blur/kappa)**2``
             (default ``0.05 * kappa``). debias: debiased (default) or plain ``OT_eps``.
+        scaling, diameter, max_iter, tol, grad, backend, momentum, on_nonconvergence, options:
+            as in :func:`torchuot.hk_distance`.
     """
 
     def __init__(
@@ -208,24 +257,28 @@ class HKLoss(_SolverLoss):
         debias: bool = True,
         squared: bool = True,
         scaling: float = 0.5,
+        diameter: float | None = None,
         max_iter: int = 1000,
         tol: float = 1e-6,
         grad: str = "envelope",
         backend: str = "auto",
-        reduction: str = "mean",
+        momentum: bool = True,
         on_nonconvergence: str = "warn",
+        options: SinkhornOptions | None = None,
+        reduction: str = "mean",
     ) -> None:
-        _check_conventions(blur, eps, None, None, None, None)
-        _check_loop_args(max_iter, tol, grad, on_nonconvergence)
+        if blur is not None and eps is not None:
+            raise ValueError(
+                f"give either blur (GeomLoss convention) or eps (OTT/POT), not both; got blur={blur!r} "
+                f"and eps={eps!r}."
+            )
+        opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                     momentum=momentum, on_nonconvergence=on_nonconvergence)
         super().__init__(
-            reduction=reduction, kappa=kappa, blur=blur, eps=eps, debias=debias, squared=squared,
-            scaling=scaling, max_iter=max_iter, tol=tol, grad=grad, backend=backend,
-            on_nonconvergence=on_nonconvergence,
+            reduction=reduction, options=opts, kappa=kappa, blur=blur, eps=eps, debias=debias,
+            squared=squared, diameter=diameter, backend=backend,
         )
 
     def forward(self, *args: Tensor) -> Tensor:
         a, x, b, y = _split_args(args)
         return _reduce(hk_distance(x, y, a, b, **self.solver_kwargs), self.reduction)  # type: ignore[arg-type]
-
-
-

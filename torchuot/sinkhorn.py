@@ -20,10 +20,17 @@ stage), then iterations at the target ``eps`` until the sup-norm change of the p
 below ``tol * eps`` (a relative change of the plan's entries) or the dtype's resolution. The
 changes stay on the device and are read every :data:`CHECK_EVERY` iterations (one host
 synchronisation per block; POT checks every 10).
+
+Layers: :func:`solve` ``(UOTProblem, SinkhornOptions) -> UOTResult`` is the entry point;
+:func:`solve_potentials` is the layer below it (potentials and the marginal check, no value, no
+policy); :func:`sinkhorn` and :func:`sinkhorn_from_cost` are adapters that build the problem
+(:mod:`torchuot.problem`, where the conventions above are resolved) and the options from their
+keyword arguments.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,10 +41,19 @@ import numpy as np
 import torch
 
 from ._typing import Tensor
-from ._validation import as_cost_matrix, as_point_pair, as_weights, check_positive, cost_matrix_weights
-from .backends import TensorizedBackend, resolve_backend
-from .costs import CallableCost, Cost, CostLike, HKConeCost, PowerCost, SquaredEuclidean, make_cost
-from .penalties import Penalty, PenaltyLike, make_penalty
+from .costs import CostLike
+from .penalties import Penalty, PenaltyLike
+from .problem import (  # noqa: F401 - re-exported: the conventions were stated here first
+    CHECK_EVERY,
+    GRAD_MODES,
+    SinkhornOptions,
+    UOTProblem,
+    check_coordinate_range,
+    check_costs,
+    max_diameter,
+    resolve_eps,
+    resolve_penalties,
+)
 from .result import (
     NONCONVERGENCE_POLICIES,
     ConvergenceError,
@@ -48,110 +64,24 @@ from .result import (
 )
 
 __all__ = [
+    "solve",
+    "solve_potentials",
+    "Potentials",
     "sinkhorn",
     "sinkhorn_from_cost",
     "sinkhorn_loop",
+    "AdaptiveMomentum",
     "epsilon_schedule",
     "resolve_eps",
     "resolve_penalties",
     "max_diameter",
+    "dual_value",
+    "check_convergence",
     "GRAD_MODES",
 ]
 
-GRAD_MODES = ("envelope", "unroll", "implicit")
-
 
 # ---------------------------------------------------------------------------- parameters
-def resolve_eps(cost: Cost, blur: float | None, eps: float | None) -> float:
-    """``eps`` from exactly one of ``blur`` (GeomLoss, ``eps = blur**p``) or ``eps`` (OTT/POT)."""
-    if blur is not None and eps is not None:
-        raise ValueError("give either blur (GeomLoss convention) or eps (OTT/POT), not both.")
-    if eps is not None:
-        return check_positive(eps, "eps")  # type: ignore[return-value]
-    blur = 0.05 if blur is None else blur
-    blur = check_positive(blur, "blur")
-    return float(blur) ** cost.p  # type: ignore[operator]
-
-
-def _pair(v: object) -> tuple[object, object]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected one value or a pair (source, target), got {v!r}.")
-        return v[0], v[1]
-    return v, v
-
-
-def resolve_penalties(
-    cost: Cost,
-    eps: float,
-    *,
-    reach: object = None,
-    rho: object = None,
-    reg_m: object = None,
-    tau_a: float | None = None,
-    tau_b: float | None = None,
-    penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
-) -> tuple[Penalty, Penalty]:
-    """Build the two marginal penalties from any one convention.
-
-    Args:
-        reach: GeomLoss length, ``rho = reach**p``; a float, ``None`` (balanced) or a pair.
-        rho: penalty strength in cost units; a float, ``inf`` or a pair.
-        reg_m: POT's name for ``rho`` (a float or a pair).
-        tau_a, tau_b: OTT's ``tau = rho / (rho + eps)`` in ``(0, 1]``; 1 is balanced.
-        penalty: ``"kl"``, ``"tv"``, ``"balanced"``, a :class:`Penalty`, or a pair of those.
-    """
-    given = [n for n, v in (("reach", reach), ("rho", rho), ("reg_m", reg_m)) if v is not None]
-    if tau_a is not None or tau_b is not None:
-        given.append("tau_a/tau_b")
-    if len(given) > 1:
-        raise ValueError(
-            f"give the marginal penalty strength in one convention only, got {', '.join(given)}."
-        )
-    pen_a, pen_b = _pair(penalty)
-    if rho is None and reg_m is not None:
-        rho = reg_m
-    if reach is not None:
-        ra, rb = _pair(reach)
-        rho_a = None if ra is None else check_positive(ra, "reach", allow_inf=True) ** cost.p
-        rho_b = None if rb is None else check_positive(rb, "reach", allow_inf=True) ** cost.p
-    elif rho is not None:
-        ra, rb = _pair(rho)
-        rho_a = None if ra is None else check_positive(ra, "rho", allow_inf=True)
-        rho_b = None if rb is None else check_positive(rb, "rho", allow_inf=True)
-    elif tau_a is not None or tau_b is not None:
-        rho_a, rho_b = _tau_to_rho(tau_a, eps, "tau_a"), _tau_to_rho(tau_b, eps, "tau_b")
-    else:
-        # Nothing given: each side is what its penalty object says (names alone mean balanced).
-        rho_a = rho_b = None
-    return _make(pen_a, rho_a), _make(pen_b, rho_b)
-
-
-def _make(pen: PenaltyLike, rho: float | None) -> Penalty:
-    if isinstance(pen, Penalty):
-        if rho is not None:
-            raise ValueError("pass the penalty strength inside the Penalty object, not twice.")
-        return pen
-    return make_penalty(pen, rho)
-
-
-def _tau_to_rho(tau: float | None, eps: float, name: str) -> float | None:
-    if tau is None:
-        return None
-    t = check_positive(tau, name)
-    if t > 1:  # type: ignore[operator]
-        raise ValueError(f"{name} must lie in (0, 1] (OTT convention tau = rho/(rho+eps)), got {tau!r}.")
-    if t == 1:
-        return None
-    return eps * t / (1 - t)  # type: ignore[operator]
-
-
-def max_diameter(x: Tensor, y: Tensor) -> float:
-    """Diagonal of the joint bounding box of ``x: (B, N, D)`` and ``y: (B, M, D)``."""
-    pts = torch.cat([x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1])])
-    return float((pts.amax(0) - pts.amin(0)).norm())
-
-
 def epsilon_schedule(eps_start: float, eps: float, scaling: float, p: float = 2.0) -> list[float]:
     """Geometric schedule from ``eps_start`` down to ``eps``, ratio ``scaling**p`` per stage.
 
@@ -166,8 +96,6 @@ def epsilon_schedule(eps_start: float, eps: float, scaling: float, p: float = 2.
 
 
 # ---------------------------------------------------------------------------- the loop
-#: Iterations between two convergence checks (host synchronisations) at the target eps.
-CHECK_EVERY = 4
 
 
 def sinkhorn_loop(
@@ -182,7 +110,7 @@ def sinkhorn_loop(
     max_iter: int,
     tol: float,
     symmetric: bool = False,
-    momentum: bool = True,
+    momentum: bool | AdaptiveMomentum = True,
     check_every: int = CHECK_EVERY,
 ) -> tuple[Tensor, Tensor, int, bool]:
     """The single Sinkhorn loop, for every backend, penalty and problem.
@@ -199,7 +127,8 @@ def sinkhorn_loop(
     Args:
         g_init: starting target potential ``(B, M)`` (zeros: GeomLoss's initialisation).
         weights: ``(a, b)``, the measures' weights (for the translation step).
-        momentum: adaptive over-relaxation at the target eps (cross problems only).
+        momentum: adaptive over-relaxation at the target eps (cross problems only): ``True`` (the
+            default :class:`AdaptiveMomentum`), ``False``, or a rule instance (copied fresh).
         check_every: iterations between two convergence checks at the target eps.
 
     Returns:
@@ -245,7 +174,8 @@ def sinkhorn_loop(
     eps = eps_list[-1]
     res = torch.finfo(f.dtype).eps
     check_every = max(int(check_every), 1)
-    mom = AdaptiveMomentum() if momentum and not symmetric else None
+    mom = None if symmetric or not momentum else (
+        momentum.fresh() if isinstance(momentum, AdaptiveMomentum) else AdaptiveMomentum())
     converged = False
     pending: list[Tensor] = []  # this block's changes of g, on the device
     # Potentials are finite unless some costs are infinite (HK cone, callables): the change is
@@ -447,6 +377,16 @@ class AdaptiveMomentum:
     FREE_FAILURES = 1
 
     def __init__(self) -> None:
+        self._reset()
+
+    def fresh(self) -> AdaptiveMomentum:
+        """A copy of this rule (its class and any constants set on the instance) in its initial
+        state: :class:`~torchuot.SinkhornOptions` holds a template, each solve runs a fresh copy."""
+        new = copy.copy(self)
+        new._reset()
+        return new
+
+    def _reset(self) -> None:
         self.omega = 1.0
         self.changes: list[float] = []
         self.points: tuple[int, ...] = (self.START, 2 * self.START, 4 * self.START)  # estimate here
@@ -508,7 +448,112 @@ class AdaptiveMomentum:
         self.points = (k + wait, k + 2 * wait, k + 4 * wait)  # as at the start, scaled by the wait
 
 
-# ---------------------------------------------------------------------------- public solver
+# ---------------------------------------------------------------------------- solve
+class Potentials(NamedTuple):
+    """Potentials of one solve and its end-of-solve check (:func:`solve_potentials`).
+
+    ``f: (B, N)``, ``g: (B, M)`` (batched; ``g = f`` for a symmetric problem), the iterations,
+    whether the first-order marginal conditions hold to ``marginal_tol``, and the relative
+    residuals ``(B,)`` of each side.
+    """
+
+    f: Tensor
+    g: Tensor
+    n_iters: int
+    converged: bool
+    residual_a: Tensor  # (B,) relative first-order residuals
+    residual_b: Tensor
+    marginal_tol: float
+
+
+Solved = Potentials  # the former private name
+
+
+def _as_options(options: object) -> SinkhornOptions:
+    if options is None:
+        return SinkhornOptions()
+    if not isinstance(options, SinkhornOptions):
+        raise TypeError(f"options must be a torchuot.SinkhornOptions, got {type(options)!r}.")
+    return options
+
+
+def solve_potentials(problem: UOTProblem, options: SinkhornOptions | None = None, *,
+                     f_init: Tensor | None = None, g_init: Tensor | None = None) -> Potentials:
+    """Run the Sinkhorn loop on ``problem`` and check the marginal conditions at its end.
+
+    The lower layer of :func:`solve`: no value, no result object and no non-convergence policy
+    (apply it with :func:`check_convergence`); for callers that need the potentials only or
+    combine several solves (the debiased divergence, the minibatch couplings, image blocks).
+    Potentials are batched ``(B, N)`` / ``(B, M)`` whatever ``problem.batched`` says.
+
+    Args:
+        problem: a :class:`~torchuot.UOTProblem`.
+        options: a :class:`~torchuot.SinkhornOptions` (default ``SinkhornOptions()``).
+        f_init, g_init: warm start (see :func:`sinkhorn`), unbatched iff the problem is.
+    """
+    if not isinstance(problem, UOTProblem):
+        raise TypeError(f"problem must be a torchuot.UOTProblem, got {type(problem)!r}.")
+    options = _as_options(options)
+    warm = _warm_start(f_init, g_init, problem.a, problem.b, problem.batched)
+    eps_list = epsilon_schedule(problem.eps_start, problem.eps, options.scaling, problem.p)
+    return _solve_full(problem.ops, problem.penalty_a, problem.penalty_b, eps_list, options.max_iter,
+                       options.tol, options.grad, symmetric=problem.symmetric, momentum=options.momentum,
+                       warm=warm, check_every=options.check_every)
+
+
+def solve(problem: UOTProblem, options: SinkhornOptions | None = None, *,
+          f_init: Tensor | None = None, g_init: Tensor | None = None) -> UOTResult:
+    """Solve an unbalanced OT problem: the potentials, the value and the plan's accessors.
+
+    ``solve(UOTProblem.from_points(x, y, ...), SinkhornOptions(...))`` is :func:`sinkhorn`
+    (and ``from_cost`` gives :func:`sinkhorn_from_cost`): the same loop, value and gradients.
+
+    Args:
+        problem: a :class:`~torchuot.UOTProblem` (``from_points``, ``from_cost``, ``on_grid``).
+        options: a :class:`~torchuot.SinkhornOptions` (default ``SinkhornOptions()``): the
+            eps-scaling ratio, tolerance, iteration cap, momentum, gradient mode, check interval
+            and non-convergence policy.
+        f_init, g_init: warm-start potentials ``(N,)`` / ``(M,)`` (batched ``(B, N)`` / ``(B, M)``).
+
+    Returns:
+        A :class:`~torchuot.UOTResult`; ``value`` is the dual objective at the potentials (the
+        entropic UOT value ``OT_eps``), differentiable by the options' gradient mode (under
+        ``grad="implicit"`` the potentials are differentiable by the implicit function theorem
+        and the value keeps its envelope gradient, which is the same).
+    """
+    return _solve_reported(problem, options, "solve", f_init, g_init)
+
+
+def _solve_reported(problem: UOTProblem, options: SinkhornOptions | None, where: str,
+                    f_init: Tensor | None, g_init: Tensor | None) -> UOTResult:
+    """:func:`solve`, its non-convergence message naming ``where`` (the public entry point)."""
+    options = _as_options(options)
+    solved = solve_potentials(problem, options, f_init=f_init, g_init=g_init)
+    check_convergence(options.on_nonconvergence, [solved], where, stacklevel=4)
+    f, g = solved.f, solved.g
+    ops, pen_a, pen_b = problem.ops, problem.penalty_a, problem.penalty_b
+    # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
+    fv, gv = (f.detach(), g.detach()) if options.grad == "implicit" else (f, g)
+    value = dual_value(ops, pen_a, pen_b, problem.eps, fv, gv)
+    out = (lambda t: t) if problem.batched else (lambda t: t[0])
+    return UOTResult(
+        f=out(f),
+        g=out(g),
+        value=out(value),
+        eps=problem.eps,
+        penalty_a=pen_a,
+        penalty_b=pen_b,
+        n_iters=solved.n_iters,
+        converged=solved.converged,
+        backend=ops.name,
+        batched=problem.batched,
+        _ops=ops,
+        marginal_tol=solved.marginal_tol,
+        residuals=(out(solved.residual_a), out(solved.residual_b)),
+    )
+
+
+# ---------------------------------------------------------------------------- adapters
 def sinkhorn(
     x: Tensor,
     y: Tensor,
@@ -535,6 +580,7 @@ def sinkhorn(
     on_nonconvergence: str = "warn",
     f_init: Tensor | None = None,
     g_init: Tensor | None = None,
+    options: SinkhornOptions | None = None,
 ) -> UOTResult:
     """Entropic unbalanced optimal transport between two weighted point clouds.
 
@@ -562,7 +608,9 @@ def sinkhorn(
             too, by the implicit function theorem: exact gradients of the plan, ``apply`` and
             anything built on them, at the memory of two iterations; the backward pass solves a
             linear system) or ``"unroll"`` (differentiate through every iteration).
-        backend: ``"auto"`` or ``"tensorized"``.
+        backend: ``"auto"`` (default), ``"tensorized"``, ``"online"`` (KeOps), ``"chunked"``,
+            ``"multiscale"``, or a :class:`~torchuot.backends.Multiscale` options object (see
+            :mod:`torchuot.backends`).
         momentum: adaptive over-relaxation at the target ``eps`` (Lehmann et al. 2021), on
             by default, with a safeguard that falls back to plain iterations where it does not
             help (:class:`AdaptiveMomentum`); ``False`` gives plain Sinkhorn iterations.
@@ -574,6 +622,14 @@ def sinkhorn(
             ``(B, N)`` / ``(B, M)``), e.g. ``res.f``, ``res.g`` of the previous step of a training
             loop or gradient flow. Either or both; the solve then starts at the target ``eps``
             (no annealing). Same fixed point, fewer iterations when they are close to it.
+        options: a :class:`~torchuot.SinkhornOptions` holding ``scaling``, ``max_iter``, ``tol``,
+            ``grad``, ``momentum`` and ``on_nonconvergence`` (and ``check_every``) instead of the
+            keyword arguments. An argument left at its default yields to ``options``; an argument
+            given a different value than ``options`` holds raises ``ValueError`` (never a silent
+            pick). The same holds for every solver function and loss of the library.
+
+    Equivalent to ``solve(UOTProblem.from_points(x, y, a, b, ...), options)`` (see
+    :func:`solve`).
 
     Returns:
         A :class:`~torchuot.result.UOTResult`.
@@ -582,47 +638,13 @@ def sinkhorn(
         ValueError: bad arguments; a balanced side with a point that has no finite-cost partner
             (infeasible); costs that are NaN, ``-inf`` or overflow the dtype.
     """
-    xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b = prepare_problem(
+    opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                 momentum=momentum, on_nonconvergence=on_nonconvergence)
+    problem = UOTProblem.from_points(
         x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
-        tau_a=tau_a, tau_b=tau_b, penalty=penalty, max_iter=max_iter, tol=tol, grad=grad,
-        on_nonconvergence=on_nonconvergence,
+        tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter, backend=backend,
     )
-    ops = resolve_backend(backend, xb, yb, ab, bb, cost_obj)
-    check_costs(ops, cost_obj, pen_a, pen_b)
-    eps_list = _schedule(cost_obj, xb, yb, eps_f, scaling, diameter, ops)
-    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
-                         on_nonconvergence, "sinkhorn", f_init, g_init)
-
-
-def _solve_result(ops, pen_a: Penalty, pen_b: Penalty, eps: float, eps_list: list[float], max_iter: int,
-                  tol: float, grad: str, momentum: bool, batched: bool, on_nonconvergence: str = "warn",
-                  where: str = "sinkhorn", f_init: Tensor | None = None,
-                  g_init: Tensor | None = None) -> UOTResult:
-    """Run the loop on a built backend and package the :class:`UOTResult` (one cross problem)."""
-    warm = _warm_start(f_init, g_init, ops.a, ops.b, batched)
-    solved = _solve_full(ops, pen_a, pen_b, eps_list, max_iter, tol, grad, symmetric=False,
-                         momentum=momentum, warm=warm)
-    check_convergence(on_nonconvergence, [solved], where, stacklevel=4)
-    f, g = solved.f, solved.g
-    # The value's implicit gradient is the envelope one (dvalue/df = 0 at the optimum): skip the solve.
-    fv, gv = (f.detach(), g.detach()) if grad == "implicit" else (f, g)
-    value = dual_value(ops, pen_a, pen_b, eps, fv, gv)
-    out = (lambda t: t) if batched else (lambda t: t[0])
-    return UOTResult(
-        f=out(f),
-        g=out(g),
-        value=out(value),
-        eps=eps,
-        penalty_a=pen_a,
-        penalty_b=pen_b,
-        n_iters=solved.n_iters,
-        converged=solved.converged,
-        backend=ops.name,
-        batched=batched,
-        _ops=ops,
-        marginal_tol=solved.marginal_tol,
-        residuals=(out(solved.residual_a), out(solved.residual_b)),
-    )
+    return _solve_reported(problem, opts, "sinkhorn", f_init, g_init)
 
 
 def _warm_start(f_init: object, g_init: object, a: Tensor, b: Tensor, batched: bool
@@ -652,25 +674,6 @@ def _warm_start(f_init: object, g_init: object, a: Tensor, b: Tensor, batched: b
     return out[0], out[1]
 
 
-def _as_array_input(v: object) -> object:
-    """POT-style inputs: a NumPy array becomes a tensor (its dtype kept); anything else is kept."""
-    return torch.as_tensor(v) if isinstance(v, np.ndarray) else v
-
-
-def _pot_reg_m(reg_m: object) -> object:
-    """POT's ``reg_m``: a number, or a one- or two-element list / array (one value per side)."""
-    if isinstance(reg_m, torch.Tensor) and reg_m.dim() > 0:
-        reg_m = reg_m.detach().cpu().numpy()
-    if isinstance(reg_m, (list, tuple, np.ndarray)):
-        vals = [None if v is None else float(v) for v in np.asarray(reg_m, dtype=object).reshape(-1)]
-        if len(vals) == 1:
-            return vals[0]
-        if len(vals) == 2:
-            return (vals[0], vals[1])
-        raise ValueError(f"reg_m must be a number or one value per side (two), got {len(vals)} values.")
-    return reg_m
-
-
 def sinkhorn_from_cost(
     C: Tensor,
     a: Tensor | None = None,
@@ -690,6 +693,7 @@ def sinkhorn_from_cost(
     on_nonconvergence: str = "warn",
     f_init: Tensor | None = None,
     g_init: Tensor | None = None,
+    options: SinkhornOptions | None = None,
 ) -> UOTResult:
     """Entropic unbalanced OT from a cost matrix, POT style (``ot.sinkhorn_unbalanced(a, b, M,
     reg, reg_m)``): the same loop and result as :func:`sinkhorn`, on the dense backend.
@@ -702,7 +706,7 @@ def sinkhorn_from_cost(
         eps: entropic regularisation (POT's ``reg``), in the units of ``C``.
         rho, reg_m, tau_a, tau_b: marginal penalty strength in one convention (default:
             balanced); a pair gives one value per side.
-        penalty, max_iter, tol, grad, momentum, on_nonconvergence, f_init, g_init: as in
+        penalty, max_iter, tol, grad, momentum, on_nonconvergence, f_init, g_init, options: as in
             :func:`sinkhorn`.
 
     POT's inputs are accepted where unambiguous: ``C``, ``a``, ``b`` (and warm starts) as NumPy
@@ -715,202 +719,25 @@ def sinkhorn_from_cost(
         A :class:`~torchuot.result.UOTResult` (``barycentric_projection`` needs points and is
         not available; ``plan``, marginals, ``apply`` and ``sample_pairs`` are).
     """
-    C, a, b = _as_array_input(C), _as_array_input(a), _as_array_input(b)
-    reg_m = _pot_reg_m(reg_m)
-    Cb, batched = as_cost_matrix(C)
-    ab, bb = cost_matrix_weights(a, b, Cb)
-    cost_obj = SquaredEuclidean()  # only its exponent 2 is used (the scaling convention)
-    eps_f = check_positive(eps, "eps")
-    pen_a, pen_b = resolve_penalties(cost_obj, eps_f, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b,
-                                     penalty=penalty)
-    _check_solver_args(max_iter, tol, grad, on_nonconvergence)
-    if pen_a.is_balanced and pen_b.is_balanced:
-        _check_balanced_masses(ab, bb)
-    finite = torch.isfinite(Cb)
-    for pen, w, reach_any, side, what in ((pen_a, ab, finite.any(2), "source", "row"),
-                                          (pen_b, bb, finite.any(1), "target", "column")):
-        if pen.is_balanced and bool(((w > 0) & ~reach_any).any()):
-            raise ValueError(
-                f"C has a {what} of +inf costs whose {side} weight is positive, but the {side} side "
-                "is balanced: that mass cannot be transported. Give it a finite cost somewhere, a "
-                "zero weight, or an unbalanced penalty (rho / reg_m / tau) on that side."
-            )
-    ops = TensorizedBackend(None, None, ab, bb, cost_obj, C=Cb)
-    fin = Cb.detach()[finite]
-    start = float(fin.abs().max()) if fin.numel() else eps_f
-    eps_list = epsilon_schedule(max(start, eps_f), eps_f, scaling, 2.0)
-    return _solve_result(ops, pen_a, pen_b, eps_f, eps_list, max_iter, tol, grad, momentum, batched,
-                         on_nonconvergence, "sinkhorn_from_cost", f_init, g_init)
+    opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
+                                 momentum=momentum, on_nonconvergence=on_nonconvergence)
+    problem = UOTProblem.from_cost(C, a, b, eps=eps, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b,
+                                   penalty=penalty)
+    return _solve_reported(problem, opts, "sinkhorn_from_cost", f_init, g_init)
 
 
-def prepare_problem(x, y, a, b, *, cost, p, blur, eps, reach, rho, reg_m, tau_a, tau_b, penalty,
-                    max_iter, tol, grad, on_nonconvergence="warn"):
-    """Validate the public arguments and resolve conventions (shared by every solver entry).
-
-    Returns ``(x, y, a, b)`` batched, ``batched``, the cost, ``eps`` and the two penalties.
-    """
-    xb, yb, batched = as_point_pair(x, y)
-    ab = as_weights(a, xb, "a", "x")
-    bb = as_weights(b, yb, "b", "y")
-    cost_obj = make_cost(cost, p=p)
-    eps_f = resolve_eps(cost_obj, blur, eps)
-    pen_a, pen_b = resolve_penalties(
-        cost_obj, eps_f, reach=reach, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty
-    )
-    _check_solver_args(max_iter, tol, grad, on_nonconvergence)
-    if pen_a.is_balanced and pen_b.is_balanced:
-        _check_balanced_masses(ab, bb)
-    check_coordinate_range(xb, yb, cost_obj)
-    return xb, yb, ab, bb, batched, cost_obj, eps_f, pen_a, pen_b
-
-
-def check_coordinate_range(x: Tensor, y: Tensor, cost: Cost) -> None:
-    """Refuse coordinates whose built-in cost overflows the dtype (``|x - y|^2`` is formed from
-    centred squared norms, each up to the squared diameter); user callables are checked on their
-    output instead (:func:`check_costs`)."""
-    if isinstance(cost, CallableCost):
-        return
-    with torch.no_grad():
-        pts = torch.cat([x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])])
-        span = (pts.amax(0).double() - pts.amin(0).double()).abs()
-        top = float(span.max())
-        diam = top * float(torch.linalg.vector_norm(span / top)) if top > 0 else 0.0
-    if diam == 0.0:
-        return
-    log_max = math.log(torch.finfo(x.dtype).max)
-    p = cost.p if isinstance(cost, PowerCost) else 2.0
-    if not math.isfinite(diam) or max(2 * math.log(diam) + math.log(4), p * math.log(diam)) >= log_max:
-        raise ValueError(
-            f"the squared distances between x and y overflow {x.dtype} (the points span a distance "
-            f"of {diam:.3g}): rescale the coordinates (and blur / reach with them)"
-            + (", or use float64." if x.dtype != torch.float64 else ".")
-        )
-
-
-def check_costs(ops, cost: Cost, pen_a: Penalty, pen_b: Penalty) -> None:
-    """Check the ground cost before solving, the same way on every backend.
-
-    A user callable must not return NaN or ``-inf`` (``+inf`` forbids a pair); where costs can be
-    ``+inf`` (callables, the HK cone cost past ``kappa * pi / 2``), every point of a balanced side
-    with positive weight needs a finite-cost partner of positive weight, else the problem is
-    infeasible. Dense costs are read directly; lazy backends take one log-domain soft-min of zero
-    potentials (``+inf`` exactly on the rows with no partner, NaN / ``-inf`` where the cost is).
-    """
-    user = isinstance(cost, CallableCost)
-    if not (user or isinstance(cost, HKConeCost)):
-        return
-    C = ops.C if isinstance(ops, TensorizedBackend) else None
-    with torch.no_grad():
-        scan = _cost_scan(ops, cost, C) if C is not None or user else None  # lazy: may mask NaN
-        for side, pen, w, w_other in (("source", pen_a, ops.a, ops.b), ("target", pen_b, ops.b, ops.a)):
-            if not (pen.is_balanced or (user and side == "source")):
-                continue
-            if scan is not None:
-                bad_value, reach = scan[0], scan[1] if side == "source" else scan[2]
-            else:  # HK cone cost on a lazy backend: one soft-min of zero potentials
-                zeros = torch.zeros_like(w_other)
-                soft = ops.softmin_x_autograd if side == "source" else ops.softmin_y_autograd
-                S = soft(1.0, zeros)
-                bad_value = bool((torch.isnan(S) | torch.isneginf(S)).any())
-                reach = ~torch.isposinf(S)
-            if bad_value:
-                raise ValueError(
-                    f"the cost callable {cost!r} returned NaN or -inf entries; costs must be finite, "
-                    "or +inf to forbid a pair. Check it for overflow or invalid operations."
-                )
-            if pen.is_balanced:
-                lost = ((w > 0) & ~reach).nonzero()
-                if lost.numel():
-                    bi, i = (int(t) for t in lost[0])
-                    where = f"point {i}" + (f" of batch entry {bi}" if w.shape[0] > 1 else "")
-                    hint = (" or a larger kappa (HK moves mass at most kappa * pi / 2)"
-                            if isinstance(cost, HKConeCost) else "")
-                    more = f" (and {lost.shape[0] - 1} more)" if lost.shape[0] > 1 else ""
-                    raise ValueError(
-                        f"infeasible problem: the {side} side is balanced but its {where}{more} has "
-                        "no finite-cost partner with positive weight, "
-                        "so its mass cannot be transported. Use an unbalanced penalty on that side "
-                        f"(reach / rho / tau){hint}, or give that point zero weight."
-                    )
-
-
-def _cost_scan(ops, cost: Cost, C: Tensor | None) -> tuple[bool, Tensor, Tensor]:
-    """Read the cost values (``C``, or the points' cost in row blocks of at most 2**24 entries:
-    nothing ``N x M`` is kept) -> (any NaN / ``-inf``, rows ``(B, N)`` and columns ``(B, M)`` with a
-    finite cost to some point of positive weight)."""
-    live_a, live_b = (ops.a > 0).unsqueeze(2), (ops.b > 0).unsqueeze(1)
-    if C is not None:
-        blocks = [(0, C)]
-    else:
-        x, y = ops.x.detach(), ops.y.detach()
-        step = max(1, 2**24 // max(1, x.shape[0] * y.shape[1]))
-        blocks = ((i, cost(x[:, i:i + step], y)) for i in range(0, x.shape[1], step))
-    bad, rows, cols = False, [], torch.zeros_like(ops.b, dtype=torch.bool)
-    for i, Cb in blocks:
-        bad = bad or bool((torch.isnan(Cb) | torch.isneginf(Cb)).any())
-        fin = torch.isfinite(Cb)
-        rows.append((fin & live_b).any(-1))
-        cols |= (fin & live_a[:, i:i + Cb.shape[1]]).any(1)
-    return bad, torch.cat(rows, 1), cols
-
-
-def _check_solver_args(max_iter: int, tol: float, grad: str, on_nonconvergence: str = "warn") -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
-        raise TypeError(f"max_iter must be a positive int (not a bool), got {max_iter!r}.")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
-    check_policy(on_nonconvergence)
-    check_positive(tol, "tol")
-    if grad not in GRAD_MODES:
-        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}.")
-
-
-def _check_balanced_masses(a: Tensor, b: Tensor) -> None:
-    ma, mb = a.sum(-1), b.sum(-1)
-    if not torch.allclose(ma, mb, rtol=1e-4, atol=0):
-        raise ValueError(
-            "balanced OT needs equal total masses, got m(a) = "
-            f"{ma.detach().cpu().tolist()} and m(b) = {mb.detach().cpu().tolist()}; normalise "
-            "the weights or set reach / rho / tau for an unbalanced problem."
-        )
-
-
-def _schedule(cost: Cost, x: Tensor, y: Tensor, eps: float, scaling: float,
-              diameter: float | None, ops) -> list[float]:
-    if diameter is None:
-        if cost.name == "callable":
-            C = ops.C
-            fin = C[torch.isfinite(C)]
-            start = float(fin.max()) if fin.numel() else eps
-            return epsilon_schedule(max(start, eps), eps, scaling, cost.p)
-        diameter = max_diameter(x, y)
-    else:
-        diameter = check_positive(diameter, "diameter")
-    return epsilon_schedule(cost.eps_start(diameter), eps, scaling, cost.p)
-
-
-class Solved(NamedTuple):
-    """One solve of the loop, with the end-of-solve check (see :func:`_solve_full`)."""
-
-    f: Tensor
-    g: Tensor
-    n_iters: int
-    converged: bool
-    residual_a: Tensor  # (B,) relative first-order residuals
-    residual_b: Tensor
-    marginal_tol: float
-
-
+# ---------------------------------------------------------------------------- the solve's layers
 def _solve(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
            grad: str, *, symmetric: bool, momentum: bool = True) -> tuple[Tensor, Tensor, int, bool]:
-    """:func:`_solve_full` as ``(f, g, n_iters, converged)``."""
+    """:func:`_solve_full` as ``(f, g, n_iters, converged)`` (kept for tests of a built backend)."""
     return tuple(_solve_full(ops, pen_a, pen_b, eps_list, max_iter, tol, grad, symmetric=symmetric,
                              momentum=momentum)[:4])  # type: ignore[return-value]
 
 
 def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_iter: int, tol: float,
-                grad: str, *, symmetric: bool, momentum: bool = True,
-                warm: tuple[Tensor | None, Tensor | None] | None = None) -> Solved:
+                grad: str, *, symmetric: bool, momentum: bool | AdaptiveMomentum = True,
+                warm: tuple[Tensor | None, Tensor | None] | None = None,
+                check_every: int = CHECK_EVERY) -> Potentials:
     """Run the loop on a backend, check the result, and attach the gradient mode.
 
     ``converged`` means the first-order marginal conditions hold at the returned potentials to
@@ -940,7 +767,7 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
                 g0, eps_list, n0 = coarse_start(pen_a, pen_b, eps_list, symmetric=symmetric)
         f, g, n, _stopped = sinkhorn_loop(sx, sy, pen_a, pen_b, eps_list, g0, (ops.a, ops.b),
                                       max_iter=max(max_iter - n0, 1), tol=tol, symmetric=symmetric,
-                                      momentum=momentum)
+                                      momentum=momentum, check_every=check_every)
         n += n0
     release = getattr(ops, "release_cache", None)
     if release is not None:  # loop-only buffers (the tensorized kernel cache) are not needed now
@@ -955,10 +782,10 @@ def _solve_full(ops, pen_a: Penalty, pen_b: Penalty, eps_list: list[float], max_
     elif grad == "implicit":
         f, g = _implicit_potentials(ops, pen_a, pen_b, eps, f.detach(), g.detach(), symmetric,
                                     max_iter, tol)
-    return Solved(f, g, n, conv, ra, rb, mtol)
+    return Potentials(f, g, n, conv, ra, rb, mtol)
 
 
-def check_convergence(policy: str, solves: Sequence[Solved], where: str, stacklevel: int = 3) -> None:
+def check_convergence(policy: str, solves: Sequence[Potentials], where: str, stacklevel: int = 3) -> None:
     """Apply the non-convergence policy (``"warn"``, ``"raise"``, ``"ignore"``) to ``solves``."""
     bad = [s for s in solves if not s.converged]
     if policy == "ignore" or not bad:
