@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ._typing import Tensor
 from ._validation import as_point_pair, as_points, as_weights, check_pair, check_positive
-from .losses import _check_reduction, _reduce, _split_args
+from .losses import _check_problem_args, _check_reduction, _reduce, _split_args
 from .penalties import PenaltyLike
 from .sinkhorn import sinkhorn
 
@@ -444,7 +445,7 @@ def unbalanced_sliced_ot(
     generator: torch.Generator | None = None,
     blur: float | None = None,
     eps: float | None = None,
-    reach: object = 1.0,
+    reach: object = None,
     rho: object = None,
     penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
     debias: bool = False,
@@ -462,7 +463,8 @@ def unbalanced_sliced_ot(
         x, y, a, b: as :func:`torchuot.sinkhorn` (masses may differ).
         n_projections, method, directions, generator: see :func:`sliced_wasserstein`.
         blur, eps, reach, rho, penalty, p, **sinkhorn_kwargs: the per-slice solver's
-            arguments (library conventions; default ``reach=1``, KL).
+            arguments (library conventions; without a penalty strength ``reach=1``, KL). Mixing
+            conventions (``reach`` with ``rho``, ``reg_m`` or ``tau_a``/``tau_b``) raises.
         debias: average the debiased :func:`torchuot.sinkhorn_divergence` instead of ``OT_eps``
             (non-negative for KL and balanced penalties; not guaranteed for TV or reverse KL).
 
@@ -479,8 +481,9 @@ def unbalanced_sliced_ot(
     L = theta.shape[0]
     ab = None if a is None else as_weights(a, xb, "a", "x")
     bb = None if b is None else as_weights(b, yb, "b", "y")
-    if rho is not None:
-        reach = None
+    strength = [sinkhorn_kwargs.get(k) for k in ("reg_m", "tau_a", "tau_b")]
+    if reach is None and rho is None and all(v is None for v in strength):
+        reach = 1.0  # an unbalanced average: KL with reach 1 unless told otherwise
     xp = torch.einsum("bnd,ld->bln", xb, theta).unsqueeze(-1)
     yp = torch.einsum("bmd,ld->blm", yb, theta).unsqueeze(-1)
     kw = dict(sinkhorn_kwargs, blur=blur, eps=eps, reach=reach, rho=rho, penalty=penalty, p=p)
@@ -620,12 +623,23 @@ def min_swgg(
 
 
 # ---------------------------------------------------------------------------- losses
+#: Why the sliced losses return ``W_p^p`` where their functions return ``W_p``.
+_ROOT_REASON = ("a loss returns SW_p^p: smooth where the distance vanishes (the root's gradient is "
+                "infinite at identical inputs); the function returns the distance, as POT's")
+#: Why the entropic sliced losses are debiased where their functions are not.
+_DEBIAS_REASON = ("a loss must vanish at identical inputs (debiased divergence); the function returns "
+                  "the raw OT_eps average, as sinkhorn() returns OT_eps")
+
+
 class SlicedWassersteinLoss(nn.Module):
     """``SW_p^p`` (default) or ``SW_p`` as a loss: ``loss(x, y)`` or ``loss(a, x, b, y)``.
 
     Fresh directions are drawn at every call from ``generator`` (torch's default one if
-    ``None``); pass fixed ``directions`` for a deterministic loss.
+    ``None``); pass fixed ``directions`` for a deterministic loss. Defaults as
+    :func:`sliced_wasserstein` except :attr:`DEFAULTS_DIFFER`.
     """
+
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {"root": (False, _ROOT_REASON)}
 
     def __init__(
         self,
@@ -657,6 +671,8 @@ class SlicedWassersteinLoss(nn.Module):
 class MaxSlicedWassersteinLoss(nn.Module):
     """Max-sliced ``W_p^p`` (default) or ``W_p`` as a loss (see :func:`max_sliced_wasserstein`)."""
 
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {"root": (False, _ROOT_REASON)}
+
     def __init__(
         self,
         *,
@@ -682,22 +698,31 @@ class MaxSlicedWassersteinLoss(nn.Module):
 
 
 class UnbalancedSlicedLoss(nn.Module):
-    """:func:`unbalanced_sliced_ot` as a loss (debiased by default)."""
+    """:func:`unbalanced_sliced_ot` as a loss (debiased by default; other defaults as the function).
+
+    ``eps``/``blur`` and ``reach``/``rho`` are one convention each: mixing them raises.
+    """
+
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {"debias": (True, _DEBIAS_REASON)}
 
     def __init__(
         self,
         *,
-        n_projections: int = 32,
-        blur: float | None = 0.05,
-        reach: float | None = 1.0,
+        n_projections: int = 64,
+        p: float = 2.0,
+        blur: float | None = None,
+        eps: float | None = None,
+        reach: object = None,
+        rho: object = None,
         penalty: PenaltyLike = "kl",
         debias: bool = True,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.kw = dict(n_projections=n_projections, blur=blur, reach=reach, penalty=penalty,
-                       debias=debias)
+        _check_problem_args(p=p, blur=blur, eps=eps, reach=reach, rho=rho, penalty=penalty)
+        self.kw = dict(n_projections=n_projections, p=p, blur=blur, eps=eps, reach=reach, rho=rho,
+                       penalty=penalty, debias=debias)
         self.generator = generator
         self.reduction = _check_reduction(reduction)
 
@@ -708,15 +733,20 @@ class UnbalancedSlicedLoss(nn.Module):
 
 
 class SubspaceSlicedLoss(nn.Module):
-    """:func:`subspace_sliced_ot` (mean or max over random ``k``-dim subspaces) as a loss."""
+    """:func:`subspace_sliced_ot` (mean or max over random ``k``-dim subspaces) as a loss
+    (debiased by default; other defaults as the function)."""
+
+    DEFAULTS_DIFFER: ClassVar[dict[str, tuple[object, str]]] = {"debias": (True, _DEBIAS_REASON)}
 
     def __init__(
         self,
         *,
         k: int = 2,
-        n_subspaces: int = 8,
+        n_subspaces: int = 16,
         reduce: str = "mean",
-        blur: float | None = 0.05,
+        p: float = 2.0,
+        blur: float | None = None,
+        eps: float | None = None,
         debias: bool = True,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
@@ -724,7 +754,9 @@ class SubspaceSlicedLoss(nn.Module):
         super().__init__()
         if reduce not in ("mean", "max"):
             raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}.")
-        self.kw = dict(k=k, n_subspaces=n_subspaces, reduce=reduce, blur=blur, debias=debias)
+        _check_problem_args(p=p, blur=blur, eps=eps)
+        self.kw = dict(k=k, n_subspaces=n_subspaces, reduce=reduce, p=p, blur=blur, eps=eps,
+                       debias=debias)
         self.generator = generator
         self.reduction = _check_reduction(reduction)
 
@@ -737,13 +769,15 @@ class SubspaceSlicedLoss(nn.Module):
 class MinSWGGLoss(nn.Module):
     """Min-SWGG upper bound of ``W_2^2`` as a loss: ``loss(x, y)`` (equal-size uniform clouds).
 
+    Defaults as :func:`min_swgg`.
+
     The gradient is that of the lifted plan's cost with the permutation held fixed.
     """
 
     def __init__(
         self,
         *,
-        n_directions: int = 64,
+        n_directions: int = 128,
         n_refine: int = 0,
         generator: torch.Generator | None = None,
         reduction: str = "mean",

@@ -261,9 +261,11 @@ def subspace_robust_wasserstein(
 
 
 class SubspaceRobustLoss(nn.Module):
-    """``SRW_k^2`` as a loss: ``loss(x, y)`` or ``loss(a, x, b, y)``; batched inputs loop over ``B``."""
+    """``SRW_k^2`` as a loss: ``loss(x, y)`` or ``loss(a, x, b, y)``; batched inputs loop over ``B``.
 
-    def __init__(self, *, k: int = 1, eps: float = 1e-2, n_iter: int = 30, tol: float = 1e-3,
+    Defaults as :func:`subspace_robust_wasserstein`."""
+
+    def __init__(self, *, k: int = 1, eps: float = 1e-2, n_iter: int = 50, tol: float = 1e-3,
                  reduction: str = "mean") -> None:
         super().__init__()
         self.k, self.eps, self.n_iter, self.tol = k, eps, n_iter, tol
