@@ -90,10 +90,7 @@ class SinkhornOptions:
                 raise TypeError(f"{name} must be a positive int (not a bool), got {v!r}.")
             if v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-        if self.on_nonconvergence not in NONCONVERGENCE_POLICIES:
-            raise ValueError(
-                f"on_nonconvergence must be one of {NONCONVERGENCE_POLICIES}, got {self.on_nonconvergence!r}."
-            )
+        check_policy(self.on_nonconvergence)
         check_positive(self.tol, "tol")
         if self.grad not in GRAD_MODES:
             raise ValueError(f"grad must be one of {GRAD_MODES}, got {self.grad!r}.")
@@ -141,6 +138,15 @@ class SinkhornOptions:
                     "argument or in options, not both (or make them agree)."
                 )
         return options
+
+
+def check_policy(policy: object) -> str:
+    """``policy`` if it is one of ``NONCONVERGENCE_POLICIES`` (``"warn"``, ``"raise"``, ``"ignore"``)."""
+    if policy not in NONCONVERGENCE_POLICIES:
+        raise ValueError(
+            f"on_nonconvergence must be one of {NONCONVERGENCE_POLICIES}, got {policy!r}."
+        )
+    return policy  # type: ignore[return-value]
 
 
 def _same(u: object, v: object) -> bool:

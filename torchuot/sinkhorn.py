@@ -50,12 +50,12 @@ from .problem import (  # noqa: F401 - re-exported: the conventions were stated 
     UOTProblem,
     check_coordinate_range,
     check_costs,
+    check_policy,
     max_diameter,
     resolve_eps,
     resolve_penalties,
 )
 from .result import (
-    NONCONVERGENCE_POLICIES,
     ConvergenceError,
     ConvergenceWarning,
     UOTResult,
@@ -801,14 +801,6 @@ def check_convergence(policy: str, solves: Sequence[Potentials], where: str, sta
     if policy == "raise":
         raise ConvergenceError(msg)
     warnings.warn(msg, ConvergenceWarning, stacklevel=stacklevel)
-
-
-def check_policy(policy: object) -> str:
-    if policy not in NONCONVERGENCE_POLICIES:
-        raise ValueError(
-            f"on_nonconvergence must be one of {NONCONVERGENCE_POLICIES}, got {policy!r}."
-        )
-    return policy  # type: ignore[return-value]
 
 
 def _implicit_potentials(ops, pen_a: Penalty, pen_b: Penalty, eps: float, f: Tensor, g: Tensor,
