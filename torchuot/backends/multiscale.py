@@ -77,6 +77,8 @@ REBUILD_EVERY = 32
 TILE_ENTRIES = 2**18
 #: Largest tile (a group of a few wide blocks is split by rows).
 MAX_TILE_ENTRIES = 2**22
+#: Column indices of the tiles kept in memory (past that, expanded at each pass).
+CACHED_INDICES = 2**24
 #: grid_cluster packs cell indices in 10 bits per axis.
 _MAX_CELLS_PER_AXIS = 1000
 
@@ -278,41 +280,58 @@ class _SqTilesLSE(torch.autograd.Function):
         return gp, gq, gh, None, None
 
 
-def _tiles(keep: Tensor, rows: _Cloud, cols: _Cloud) -> list[tuple[int, int, Tensor]]:
-    """Group consecutive row blocks; each group gets the union of their kept column blocks.
+class _Tiles:
+    """Consecutive row blocks grouped, each group with the union of their kept column blocks.
 
-    Returns ``[(r0, r1, col_index)]``: sorted row slice and sorted column indices (1-D long).
+    Iterating yields ``(r0, r1, col_index)``: a sorted row slice and its sorted column indices
+    (1-D long). Stored are the groups' column *blocks* (``O(kept block pairs)`` memory); their
+    point indices are expanded when iterated, and kept while all kept ones stay under
+    :data:`CACHED_INDICES` (at N = 1e6 the point indices would take gigabytes).
     """
-    sizes_c = cols.sizes.to(torch.float64)
-    per_row = (keep.to(torch.float64) @ sizes_c)  # kept columns of each row block
-    sizes_r = rows.sizes.tolist()
-    per_row_l = per_row.tolist()
-    bounds = rows.ranges.tolist()
-    out: list[tuple[int, int, Tensor]] = []
-    k, K = 0, keep.shape[0]
-    starts_c, ends_c = cols.ranges[:, 0], cols.ranges[:, 1]
-    while k < K:
-        k1, n_rows, widest = k, 0, 0.0
-        # Grow the group while its tile (rows x ~1.5 the widest row's columns) stays small.
-        while k1 < K and (k1 == k
-                          or (n_rows + sizes_r[k1]) * 1.5 * max(widest, per_row_l[k1]) <= TILE_ENTRIES):
-            n_rows += sizes_r[k1]
-            widest = max(widest, per_row_l[k1])
-            k1 += 1
-        union = keep[k:k1].any(0).nonzero().squeeze(1)
-        if union.numel():
-            s, e = starts_c[union], ends_c[union]
-            lengths = e - s
-            offsets = torch.cumsum(lengths, 0) - lengths
-            total = int(lengths.sum())
-            idx = torch.arange(total, device=keep.device) + torch.repeat_interleave(s - offsets, lengths)
-        else:
-            idx = torch.zeros(0, dtype=torch.long, device=keep.device)
-        r0, r1 = bounds[k][0], bounds[k1 - 1][1]
-        step = max(1, MAX_TILE_ENTRIES // max(1, idx.numel()))  # a wide group: split its rows
-        out.extend((i0, min(r1, i0 + step), idx) for i0 in range(r0, r1, step))
-        k = k1
-    return out
+
+    def __init__(self, keep: Tensor, rows: _Cloud, cols: _Cloud) -> None:
+        sizes_c = cols.sizes.to(torch.float64)
+        per_row = (keep.to(torch.float64) @ sizes_c)  # kept columns of each row block
+        sizes_r = rows.sizes.tolist()
+        per_row_l = per_row.tolist()
+        bounds = rows.ranges.tolist()
+        self._starts, self._lengths = cols.ranges[:, 0], cols.sizes
+        self._groups: list[tuple[list[tuple[int, int]], Tensor]] = []
+        self._cache: dict[int, Tensor] = {}
+        cached = 0
+        k, K = 0, keep.shape[0]
+        while k < K:
+            k1, n_rows, widest = k, 0, 0.0
+            # Grow the group while its tile (rows x ~1.5 the widest row's columns) stays small.
+            while k1 < K and (k1 == k
+                              or (n_rows + sizes_r[k1]) * 1.5 * max(widest, per_row_l[k1]) <= TILE_ENTRIES):
+                n_rows += sizes_r[k1]
+                widest = max(widest, per_row_l[k1])
+                k1 += 1
+            union = keep[k:k1].any(0).nonzero().squeeze(1)
+            width = int(sizes_c[union].sum()) if union.numel() else 0
+            r0, r1 = bounds[k][0], bounds[k1 - 1][1]
+            step = max(1, MAX_TILE_ENTRIES // max(1, width))  # a wide group: split its rows
+            self._groups.append(([(i0, min(r1, i0 + step)) for i0 in range(r0, r1, step)], union))
+            if cached + width <= CACHED_INDICES:
+                self._cache[len(self._groups) - 1] = self._expand(union)
+                cached += width
+            k = k1
+
+    def _expand(self, union: Tensor) -> Tensor:
+        """Point indices of the column blocks ``union: (k,)`` -> ``(sum of their sizes,)``."""
+        s, lengths = self._starts[union], self._lengths[union]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        total = int(lengths.sum()) if union.numel() else 0
+        return torch.arange(total, device=union.device) + torch.repeat_interleave(s - offsets, lengths)
+
+    def __iter__(self):
+        for g, (slices, union) in enumerate(self._groups):
+            idx = self._cache.get(g)
+            if idx is None:
+                idx = self._expand(union)
+            for r0, r1 in slices:
+                yield r0, r1, idx
 
 
 def _box_quadratic_max(w1: Tensor, w2: Tensor, width: Tensor) -> Tensor:
@@ -336,8 +355,8 @@ class _Pair:
         self.cx, self.cy = cx, cy
         self.xs, self.ys = x.detach()[cx.perm].contiguous(), y.detach()[cy.perm].contiguous()
         self.keep: Tensor | None = None
-        self.tiles_x: list = []
-        self.tiles_y: list = []
+        self.tiles_x: _Tiles | list = []
+        self.tiles_y: _Tiles | list = []
         self.ranges: Any = None
 
     def build(self, cost: Cost, u: Tensor | None, v: Tensor | None, thr: float, use_keops: bool) -> None:
@@ -395,8 +414,8 @@ class _Pair:
                 cand[I, J] = ~(bound < -thr)  # NaN (inf - inf) keeps
                 keep[i0:i1] = cand
         self.keep = keep
-        self.tiles_x = _tiles(keep, cx, cy)
-        self.tiles_y = _tiles(keep.t(), cy, cx)
+        self.tiles_x = _Tiles(keep, cx, cy)
+        self.tiles_y = self.tiles_x if cx is cy else _Tiles(keep.t(), cy, cx)
         if use_keops:
             from pykeops.torch.cluster import from_matrix
 
