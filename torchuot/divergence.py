@@ -75,13 +75,20 @@ def sinkhorn_divergence(
     momentum: bool = True,
     on_nonconvergence: str = "warn",
     options: SinkhornOptions | None = None,
-) -> Tensor:
+    potentials: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Debiased (unbalanced) Sinkhorn divergence ``S_eps(a, b)``.
 
     Arguments and conventions as :func:`torchuot.sinkhorn` (``options`` included). The self terms
     ``OT(a, a)`` and ``OT(b, b)`` use the source's and the target's penalty on both sides
     respectively (:meth:`UOTProblem.self_problem`), and the schedule of the cross problem.
     ``on_nonconvergence`` applies to each of the three solves.
+
+    Args:
+        potentials: return the debiased potentials ``(f_ab - f_aa, g_ab - g_bb)`` instead of the
+            value (GeomLoss's ``potentials=True``), from the same three solves: ``(N,)``, ``(M,)``
+            (batched ``(B, N)``, ``(B, M)``); detached unless ``grad`` is ``"implicit"`` or
+            ``"unroll"``.
 
     Returns:
         ``(B,)`` values, or a scalar for unbatched inputs. Differentiable.
@@ -95,10 +102,13 @@ def sinkhorn_divergence(
     # One schedule for the three problems, from the joint diameter (as GeomLoss).
     prob_aa, prob_bb = prob.self_problem("a"), prob.self_problem("b")
     # A value only: its implicit gradient is the envelope one (no linear solve needed).
-    if opts.grad == "implicit":
+    if opts.grad == "implicit" and not potentials:
         opts = dataclasses.replace(opts, grad="envelope")
     s_xy, s_xx, s_yy = (solve_potentials(q, opts) for q in (prob, prob_aa, prob_bb))
     check_convergence(opts.on_nonconvergence, [s_xy, s_xx, s_yy], "sinkhorn_divergence")
+    if potentials:
+        F, G = s_xy.f - s_xx.f, s_xy.g - s_yy.f
+        return (F, G) if prob.batched else (F[0], G[0])
     ot_ab = dual_value(prob.ops, prob.penalty_a, prob.penalty_b, prob.eps, s_xy.f, s_xy.g)
     ot_aa = dual_value(prob_aa.ops, prob_aa.penalty_a, prob_aa.penalty_a, prob.eps, s_xx.f, s_xx.f)
     ot_bb = dual_value(prob_bb.ops, prob_bb.penalty_b, prob_bb.penalty_b, prob.eps, s_yy.f, s_yy.f)
@@ -152,7 +162,7 @@ def hk_distance(
               max_iter=max_iter, tol=tol, grad=grad, backend=backend, momentum=momentum,
               on_nonconvergence=on_nonconvergence, options=options)
     if debias:
-        val = sinkhorn_divergence(x, y, a, b, **kw)  # type: ignore[arg-type]
+        val = sinkhorn_divergence(x, y, a, b, **kw)  # type: ignore[arg-type,assignment]
     else:
         from .sinkhorn import sinkhorn
 

@@ -25,6 +25,7 @@ from .costs import CostLike, HKConeCost, make_cost
 from .divergence import hk_distance, sinkhorn_divergence
 from .penalties import Penalty, PenaltyLike
 from .problem import SinkhornOptions, resolve_eps, resolve_penalties
+from .result import UOTResult
 from .sinkhorn import sinkhorn
 
 __all__ = ["UnbalancedSinkhornLoss", "SinkhornDivergence", "HKLoss", "CONVENTIONS"]
@@ -67,6 +68,12 @@ def _check_problem_args(*, cost: CostLike = None, p: float = 2.0, blur: object =
     eps_f = resolve_eps(cost_obj, blur, eps)  # type: ignore[arg-type]
     resolve_penalties(cost_obj, eps_f, reach=reach, rho=rho, reg_m=reg_m, tau_a=tau_a,  # type: ignore[arg-type]
                       tau_b=tau_b, penalty=penalty)
+
+
+def _check_flag(v: object, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {v!r}.")
+    return v
 
 
 def _no_strength(reach: object, rho: object, reg_m: object, tau_a: object, tau_b: object) -> bool:
@@ -113,6 +120,8 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         penalty: ``"kl"``, ``"tv"``, ``"balanced"``, a Penalty or one per side.
         cost, p, scaling, diameter, max_iter, tol, grad, backend, momentum, on_nonconvergence,
             options: see :func:`torchuot.sinkhorn`.
+        potentials: return the potentials ``(f, g)`` instead of the value (GeomLoss's
+            ``potentials=True``; no reduction); :meth:`result` returns the whole result.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
     """
 
@@ -144,6 +153,7 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         on_nonconvergence: str = "warn",
         options: SinkhornOptions | None = None,
         convention: str = "dual",
+        potentials: bool = False,
         reduction: str = "mean",
     ) -> None:
         if convention == "primal":
@@ -170,10 +180,18 @@ class UnbalancedSinkhornLoss(_SolverLoss):
             backend=backend,
         )
         self.convention = convention
+        self.potentials = _check_flag(potentials, "potentials")
 
-    def forward(self, *args: Tensor) -> Tensor:
+    def result(self, *args: Tensor) -> UOTResult:
+        """The full :class:`~torchuot.UOTResult` of the solve behind :meth:`forward` (plan,
+        marginals, potentials, value...): ``loss.result(x, y)`` or ``loss.result(a, x, b, y)``."""
         a, x, b, y = _split_args(args)
-        res = sinkhorn(x, y, a, b, **self.solver_kwargs)  # type: ignore[arg-type]
+        return sinkhorn(x, y, a, b, **self.solver_kwargs)  # type: ignore[arg-type]
+
+    def forward(self, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        res = self.result(*args)
+        if self.potentials:
+            return res.f, res.g
         val = res.value if self.convention == "dual" else res.value_geomloss
         return _reduce(val, self.reduction)
 
@@ -187,7 +205,8 @@ class SinkhornDivergence(_SolverLoss):
 
     The Hellinger-Kantorovich distance is :class:`HKLoss` (its unbalanced KL(1) penalties and
     ``eps = (blur / kappa)**2``): ``cost="hk"`` without a penalty strength is refused here rather
-    than solved as a balanced problem.
+    than solved as a balanced problem. ``potentials=True`` returns the debiased potentials
+    ``(f_ab - f_aa, g_ab - g_bb)`` instead of the value (GeomLoss's ``potentials=True``).
     """
 
     def __init__(
@@ -212,6 +231,7 @@ class SinkhornDivergence(_SolverLoss):
         momentum: bool = True,
         on_nonconvergence: str = "warn",
         options: SinkhornOptions | None = None,
+        potentials: bool = False,
         reduction: str = "mean",
     ) -> None:
         _check_problem_args(cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
@@ -230,12 +250,13 @@ class SinkhornDivergence(_SolverLoss):
         super().__init__(
             reduction=reduction, options=opts, cost=cost, p=p, blur=blur, eps=eps, reach=reach,
             rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter,
-            backend=backend,
+            backend=backend, potentials=_check_flag(potentials, "potentials"),
         )
 
-    def forward(self, *args: Tensor) -> Tensor:
+    def forward(self, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         a, x, b, y = _split_args(args)
-        return _reduce(sinkhorn_divergence(x, y, a, b, **self.solver_kwargs), self.reduction)  # type: ignore[arg-type]
+        out = sinkhorn_divergence(x, y, a, b, **self.solver_kwargs)  # type: ignore[arg-type]
+        return out if isinstance(out, tuple) else _reduce(out, self.reduction)
 
 
 class HKLoss(_SolverLoss):
