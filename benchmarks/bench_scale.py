@@ -145,7 +145,8 @@ def families(n: int, d: int, libs: list[str]) -> dict[str, list[tuple[str, objec
         # The multiscale backend's two accuracy knobs: the stopping tolerance and the truncation.
         fam["torchuot-multiscale"] = [(f"tol={t:g}", ours("multiscale", t)) for t in (1.0, 0.3) + tols[1:]]
         for tr in (5, 3):
-            fam[f"torchuot-multiscale-t{tr}"] = [(f"tol={t:g},truncate={tr}", ours(Multiscale(truncate=float(tr)), t))
+            be = Multiscale(truncate=float(tr))
+            fam[f"torchuot-multiscale-t{tr}"] = [(f"tol={t:g},truncate={tr}", ours(be, t))
                                                  for t in (1.0, 0.3, 1e-1, 1e-2)]
     if "geomloss" in libs:
         for be in ("multiscale", "online", "tensorized"):
