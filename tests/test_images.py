@@ -30,7 +30,7 @@ def _disk(shape, center, radius):
 @pytest.fixture(scope="module")
 def small_mnist() -> torch.Tensor:
     """Five real MNIST digits pooled to 14 x 14 (fast), intensities in [0, 1]."""
-    from conftest import data_root
+    from tests.conftest import data_root
 
     root = data_root()
     if not root.exists():

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import data_root
 from nbclient import NotebookClient
+
+from tests.conftest import data_root
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

@@ -2,7 +2,7 @@
 
 One test (or one parametrised case) per library-side behaviour of the issue. The two momentum
 stalls are in ``test_momentum.py``; the data readers, checkpoints and CLI cases belong to the
-training tests (``test_training_errors.py``).
+training tests (``training/test_training_errors.py``).
 """
 
 from __future__ import annotations

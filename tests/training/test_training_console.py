@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("lightning")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"
 
 

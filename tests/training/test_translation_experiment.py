@@ -170,7 +170,7 @@ def test_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "training" / "configs").glob("translation_*.yaml")), ids=str
+    "path", sorted((Path(__file__).parents[2] / "training" / "configs").glob("translation_*.yaml")), ids=str
 )
 def test_shipped_translation_configs_load(path):
     cfg = TranslationConfig.from_yaml(path)

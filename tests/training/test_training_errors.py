@@ -17,7 +17,7 @@ import pytest
 
 from training.datasets import CorruptDataError, load_medmnist, load_mnist, read_idx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"
 RESULT_FILES = ("metrics.json", "model.ckpt", "samples.png", "config.yaml")
 

@@ -15,7 +15,7 @@ from torchuot.couplings import PlanSampler  # noqa: E402
 from training.cli import build_cli  # noqa: E402
 from training.module import FlowMatchingModule, split_batch  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
 
 def test_ema_follows_the_weights():

@@ -15,7 +15,7 @@ from training.cli import build_cli  # noqa: E402
 from training.data import MNISTDataModule, UnpairedDataModule  # noqa: E402
 from training.latent import LatentDataModule, train_autoencoder  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
 
 def _blobs() -> torch.Tensor:

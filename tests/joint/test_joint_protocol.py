@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+
+from tests.conftest import REPO
 
 
 @pytest.mark.slow

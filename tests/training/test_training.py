@@ -21,7 +21,7 @@ import lightning as L  # noqa: E402
 from training.cli import build_cli  # noqa: E402
 from training.module import FlowMatchingModule  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "training" / "configs"
 
 
