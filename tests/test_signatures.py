@@ -162,4 +162,4 @@ def test_convention_names_and_deprecation():
         warnings.simplefilter("error")
         tu.UnbalancedSinkhornLoss(convention="dual")  # the new name does not warn
     with pytest.raises(ValueError, match="convention must be one of"):
-        tu.UnbalancedSinkhornLoss(convention="ott")
+        tu.UnbalancedSinkhornLoss(convention="pot")  # ("ott" is valid with reference="counting")

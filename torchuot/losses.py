@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ._typing import Tensor
+from .backends.reference import check_reference
 from .costs import CostLike, HKConeCost, make_cost
 from .divergence import hk_distance, sinkhorn_divergence
 from .penalties import Penalty, PenaltyLike
@@ -33,7 +34,7 @@ __all__ = ["UnbalancedSinkhornLoss", "SinkhornDivergence", "HKLoss", "CONVENTION
 _REDUCTIONS = ("mean", "sum", "none")
 
 #: Values of ``UnbalancedSinkhornLoss(convention=...)``, named for what they return.
-CONVENTIONS = ("dual", "geomloss")
+CONVENTIONS = ("dual", "geomloss", "ott")
 
 
 def _split_args(args: tuple) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor]:
@@ -109,7 +110,9 @@ class UnbalancedSinkhornLoss(_SolverLoss):
     ``convention="dual"`` (default) returns ``result.value``: the dual objective at the computed
     potentials, which equals the primal ``<pi, C> + eps KL(pi | a x b) + D_a + D_b`` at
     convergence; ``convention="geomloss"`` returns GeomLoss's ``debias=False`` value instead (see
-    :attr:`torchuot.UOTResult.value_geomloss`). ``"primal"``, the former name of ``"dual"``, is
+    :attr:`torchuot.UOTResult.value_geomloss`), and ``convention="ott"`` OTT-JAX's ``reg_ot_cost``
+    (with ``reference="counting"``, OTT's entropy; not differentiable: see
+    :attr:`torchuot.UOTResult.value_ott`). ``"primal"``, the former name of ``"dual"``, is
     deprecated (same value, with a ``DeprecationWarning``).
 
     Args:
@@ -119,7 +122,7 @@ class UnbalancedSinkhornLoss(_SolverLoss):
             :attr:`DEFAULTS_DIFFER`). Giving two conventions raises, as in the function.
         penalty: ``"kl"``, ``"tv"``, ``"balanced"``, a Penalty or one per side.
         cost, p, scaling, diameter, max_iter, tol, grad, backend, momentum, on_nonconvergence,
-            options: see :func:`torchuot.sinkhorn`.
+            options, reference: see :func:`torchuot.sinkhorn`.
         potentials: return the potentials ``(f, g)`` instead of the value (GeomLoss's
             ``potentials=True``; no reduction); :meth:`result` returns the whole result.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
@@ -152,6 +155,7 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         momentum: bool = True,
         on_nonconvergence: str = "warn",
         options: SinkhornOptions | None = None,
+        reference: str = "product",
         convention: str = "dual",
         potentials: bool = False,
         reduction: str = "mean",
@@ -165,6 +169,12 @@ class UnbalancedSinkhornLoss(_SolverLoss):
             convention = "dual"
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}.")
+        check_reference(reference)
+        if convention == "ott" and reference != "counting":
+            raise ValueError(
+                "convention='ott' returns OTT-JAX's reg_ot_cost, which is defined for OTT's entropy: "
+                "pass reference='counting' with it."
+            )
         pens = penalty if isinstance(penalty, (tuple, list)) else (penalty,)
         if _no_strength(reach, rho, reg_m, tau_a, tau_b) and not any(isinstance(q, Penalty) for q in pens):
             reach = self.DEFAULTS_DIFFER["reach"][0]  # (Penalty objects carry their own strength)
@@ -177,7 +187,7 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         super().__init__(
             reduction=reduction, options=opts, cost=cost, p=p, blur=blur, eps=eps, reach=reach,
             rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter,
-            backend=backend,
+            backend=backend, reference=reference,
         )
         self.convention = convention
         self.potentials = _check_flag(potentials, "potentials")
@@ -192,7 +202,10 @@ class UnbalancedSinkhornLoss(_SolverLoss):
         res = self.result(*args)
         if self.potentials:
             return res.f, res.g
-        val = res.value if self.convention == "dual" else res.value_geomloss
+        if self.convention == "dual":
+            val = res.value
+        else:
+            val = res.value_geomloss if self.convention == "geomloss" else res.value_ott
         return _reduce(val, self.reduction)
 
 

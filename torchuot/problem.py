@@ -30,6 +30,7 @@ from ._typing import Tensor
 from ._validation import as_cost_matrix, as_point_pair, as_weights, check_positive, cost_matrix_weights
 from .backends import TensorizedBackend, resolve_backend
 from .backends.base import Backend
+from .backends.reference import CountingReference, check_reference
 from .costs import CallableCost, Cost, CostLike, HKConeCost, PowerCost, SquaredEuclidean, make_cost
 from .penalties import Penalty, PenaltyLike, make_penalty
 from .result import NONCONVERGENCE_POLICIES
@@ -162,7 +163,13 @@ def _same(u: object, v: object) -> bool:
 # ---------------------------------------------------------------------------- problem
 @dataclass(frozen=True)
 class UOTProblem:
-    """An entropic unbalanced OT problem ``min_pi <pi, C> + eps KL(pi | a x b) + D_a + D_b``.
+    """An entropic unbalanced OT problem ``min_pi <pi, C> + eps KL(pi | R) + D_a + D_b``.
+
+    ``R`` is the entropy's reference measure: ``a x b`` (``reference="product"``, the default:
+    GeomLoss, POT ``reg_type="kl"``) or the counting measure ``1`` (``reference="counting"``: the
+    plain entropy of OTT-JAX's unbalanced Sinkhorn and POT ``reg_type="entropy"``). With unequal
+    weights the two give different plans when a side is unbalanced (balanced problems share
+    their plan); see :mod:`torchuot.backends.reference`.
 
     Built by :meth:`from_points`, :meth:`from_cost` or :meth:`on_grid` (which validate their
     arguments and resolve the parameter conventions), or directly from a built backend.
@@ -181,6 +188,8 @@ class UOTProblem:
             solved by the symmetric averaged update and returning ``g = f``.
         backend_request: the backend asked for (``"auto"``, a name or a ``Multiscale``); used by
             :meth:`self_problem` to build the ``OT(a, a)`` / ``OT(b, b)`` problems alike.
+        reference: ``"product"`` or ``"counting"`` (see above); for ``"counting"`` ``ops`` is a
+            :class:`~torchuot.backends.reference.CountingReference` over the cost's backend.
     """
 
     ops: Backend
@@ -193,6 +202,7 @@ class UOTProblem:
     cost: Cost | None = None
     symmetric: bool = False
     backend_request: Any = "auto"
+    reference: str = "product"
 
     @property
     def a(self) -> Tensor:
@@ -229,6 +239,7 @@ class UOTProblem:
         penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
         diameter: float | None = None,
         backend: Any = "auto",
+        reference: str = "product",
     ) -> UOTProblem:
         """The problem between two weighted point clouds (arguments as :func:`torchuot.sinkhorn`).
 
@@ -242,11 +253,14 @@ class UOTProblem:
             diameter: largest distance in the data (default: the joint bounding box's diagonal).
             backend: ``"auto"``, ``"tensorized"``, ``"online"``, ``"chunked"``, ``"multiscale"`` or a
                 :class:`~torchuot.backends.Multiscale`.
+            reference: the entropy's reference measure, ``"product"`` (``KL(pi | a x b)``) or
+                ``"counting"`` (``KL(pi | 1)``, OTT-JAX's convention).
 
         Raises:
             ValueError / TypeError: bad inputs, mixed conventions, unequal masses of a balanced
                 problem, coordinates that overflow, infeasible or non-finite costs.
         """
+        check_reference(reference)
         xb, yb, batched = as_point_pair(x, y)
         ab = as_weights(a, xb, "a", "x")
         bb = as_weights(b, yb, "b", "y")
@@ -266,7 +280,8 @@ class UOTProblem:
         else:
             diam = max_diameter(xb, yb) if diameter is None else check_positive(diameter, "diameter")
             start = cost_obj.eps_start(diam)  # type: ignore[arg-type]
-        return cls(ops, pen_a, pen_b, eps_f, start, cost_obj.p, batched, cost_obj, False, backend)
+        return cls(_with_reference(ops, reference, eps_f), pen_a, pen_b, eps_f, start, cost_obj.p,
+                   batched, cost_obj, False, backend, reference)
 
     @classmethod
     def from_cost(
@@ -281,6 +296,7 @@ class UOTProblem:
         tau_a: float | None = None,
         tau_b: float | None = None,
         penalty: PenaltyLike | Sequence[PenaltyLike] = "kl",
+        reference: str = "product",
     ) -> UOTProblem:
         """The problem stated by a cost matrix, POT style (arguments as :func:`torchuot.sinkhorn_from_cost`).
 
@@ -290,11 +306,13 @@ class UOTProblem:
             eps: entropic regularisation in the units of ``C`` (POT's ``reg``).
             rho, reg_m, tau_a, tau_b: penalty strength in one convention (default balanced);
                 ``reg_m`` may be POT's one- or two-element list / array.
-            penalty: as in :meth:`from_points`.
+            penalty, reference: as in :meth:`from_points` (POT's ``reg_type="kl"`` is
+                ``reference="product"``, ``reg_type="entropy"`` is ``"counting"``).
 
         The annealing starts at the largest finite ``|C|`` (exponent 2: eps shrinks by
         ``scaling**2`` a stage).
         """
+        check_reference(reference)
         C, a, b = _as_array_input(C), _as_array_input(a), _as_array_input(b)
         reg_m = _pot_reg_m(reg_m)
         Cb, batched = as_cost_matrix(C)
@@ -317,7 +335,8 @@ class UOTProblem:
         ops = TensorizedBackend(None, None, ab, bb, cost_obj, C=Cb)
         fin = Cb.detach()[finite]
         start = float(fin.abs().max()) if fin.numel() else eps_f
-        return cls(ops, pen_a, pen_b, eps_f, start, 2.0, batched, None, False, "tensorized")
+        return cls(_with_reference(ops, reference, eps_f), pen_a, pen_b, eps_f, start, 2.0, batched,
+                   None, False, "tensorized", reference)
 
     @classmethod
     def on_grid(
@@ -385,7 +404,13 @@ class UOTProblem:
         pen = self.penalty_a if side == "a" else self.penalty_b
         ops = resolve_backend(self.backend_request, pts, pts, w, w, self.cost)
         check_costs(ops, self.cost, pen, pen)
-        return dataclasses.replace(self, ops=ops, penalty_a=pen, penalty_b=pen, symmetric=True)
+        return dataclasses.replace(self, ops=_with_reference(ops, self.reference, self.eps),
+                                   penalty_a=pen, penalty_b=pen, symmetric=True)
+
+
+def _with_reference(ops: Backend, reference: str, eps: float) -> Backend:
+    """``ops`` for ``reference="product"``; the shifted-cost wrapper for ``"counting"``."""
+    return CountingReference(ops, eps) if reference == "counting" else ops  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- conventions and checks

@@ -296,6 +296,37 @@ class UOTResult:
         v = self.value if self.batched else self.value.unsqueeze(0)
         return self._out(v + self.eps * ((ma + mb) / 2 - ma * mb))
 
+    @property
+    def value_ott(self) -> Tensor:
+        """OTT-JAX's ``SinkhornOutput.reg_ot_cost`` for this problem -> ``(B,)`` (detached).
+
+        Defined for ``reference="counting"`` (OTT's plain entropy ``KL(pi | 1)``), where the
+        potentials are OTT's. OTT evaluates its marginal terms at the shifted potentials
+        ``f - eps log a``, ``g - eps log b`` and adds ``eps (m(a) m(b) - m(pi))``:
+        ``<a, -phi_a*(-(f - eps log a))> + <b, -phi_b*(-(g - eps log b))> + eps (m(a) m(b) - m(pi))``.
+        That is the dual objective of the ``KL(pi | a x b)`` problem at OTT's potentials, not the
+        optimum of either problem; :attr:`value` is the optimum of the problem solved.
+
+        Raises:
+            ValueError: the problem was solved with ``reference="product"``.
+        """
+        from .backends.reference import CountingReference
+
+        ops = self._ops
+        if not isinstance(ops, CountingReference):
+            raise ValueError(
+                "value_ott is OTT-JAX's reg_ot_cost, defined for OTT's entropy KL(pi | 1): solve with "
+                "reference='counting' (the plans differ from the default reference='product')."
+            )
+        f, g = self._fg()
+        row, _ = self._marginals()
+        with torch.no_grad():
+            a, b = ops.a, ops.b
+            fa = torch.where(a > 0, a * self.penalty_a.dual(f - ops.u), torch.zeros_like(a))
+            gb = torch.where(b > 0, b * self.penalty_b.dual(g - ops.v), torch.zeros_like(b))
+            out = fa.sum(-1) + gb.sum(-1) + self.eps * (a.sum(-1) * b.sum(-1) - row.sum(-1))
+        return self._out(out)
+
     def transport_cost(self) -> Tensor:
         """``<pi, C>`` -> ``(B,)``: the linear part of the objective (POT's ``returnCost='linear'``)."""
         f, g = self._fg()

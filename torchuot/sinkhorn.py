@@ -581,12 +581,14 @@ def sinkhorn(
     f_init: Tensor | None = None,
     g_init: Tensor | None = None,
     options: SinkhornOptions | None = None,
+    reference: str = "product",
 ) -> UOTResult:
     """Entropic unbalanced optimal transport between two weighted point clouds.
 
     Solves ``min_pi <pi, C> + eps KL(pi | a x b) + D_a(pi 1 | a) + D_b(pi^T 1 | b)`` by
     log-domain Sinkhorn iterations with epsilon-scaling (see the module docstring for the
-    parameter conventions).
+    parameter conventions); ``reference="counting"`` puts ``KL(pi | 1)`` in place of
+    ``KL(pi | a x b)``.
 
     Args:
         x: ``(N, D)`` or ``(B, N, D)`` source points. y: ``(M, D)`` or ``(B, M, D)`` targets.
@@ -627,6 +629,12 @@ def sinkhorn(
             keyword arguments. An argument left at its default yields to ``options``; an argument
             given a different value than ``options`` holds raises ``ValueError`` (never a silent
             pick). The same holds for every solver function and loss of the library.
+        reference: the entropy's reference measure: ``"product"`` (default, ``KL(pi | a x b)``:
+            GeomLoss, POT ``reg_type="kl"``) or ``"counting"`` (``KL(pi | 1)``, the plain entropy
+            of OTT-JAX's unbalanced Sinkhorn and POT ``reg_type="entropy"``; then
+            ``pi = exp((f + g - C)/eps)`` and the potentials are OTT's, and
+            :attr:`~torchuot.UOTResult.value_ott` is OTT's ``reg_ot_cost``). The plans differ when a
+            side is unbalanced and the weights are not uniform; balanced problems share their plan.
 
     Equivalent to ``solve(UOTProblem.from_points(x, y, a, b, ...), options)`` (see
     :func:`solve`).
@@ -643,6 +651,7 @@ def sinkhorn(
     problem = UOTProblem.from_points(
         x, y, a, b, cost=cost, p=p, blur=blur, eps=eps, reach=reach, rho=rho, reg_m=reg_m,
         tau_a=tau_a, tau_b=tau_b, penalty=penalty, diameter=diameter, backend=backend,
+        reference=reference,
     )
     return _solve_reported(problem, opts, "sinkhorn", f_init, g_init)
 
@@ -694,6 +703,7 @@ def sinkhorn_from_cost(
     f_init: Tensor | None = None,
     g_init: Tensor | None = None,
     options: SinkhornOptions | None = None,
+    reference: str = "product",
 ) -> UOTResult:
     """Entropic unbalanced OT from a cost matrix, POT style (``ot.sinkhorn_unbalanced(a, b, M,
     reg, reg_m)``): the same loop and result as :func:`sinkhorn`, on the dense backend.
@@ -707,6 +717,9 @@ def sinkhorn_from_cost(
         rho, reg_m, tau_a, tau_b: marginal penalty strength in one convention (default:
             balanced); a pair gives one value per side.
         penalty, max_iter, tol, grad, momentum, on_nonconvergence, f_init, g_init, options: as in
+            :func:`sinkhorn`.
+        reference: ``"product"`` (POT's ``reg_type="kl"``, the default) or ``"counting"`` (POT's
+            ``reg_type="entropy"``, OTT-JAX's ``Geometry(cost_matrix=C)`` problems); see
             :func:`sinkhorn`.
 
     POT's inputs are accepted where unambiguous: ``C``, ``a``, ``b`` (and warm starts) as NumPy
@@ -722,7 +735,7 @@ def sinkhorn_from_cost(
     opts = SinkhornOptions.merge(options, scaling=scaling, max_iter=max_iter, tol=tol, grad=grad,
                                  momentum=momentum, on_nonconvergence=on_nonconvergence)
     problem = UOTProblem.from_cost(C, a, b, eps=eps, rho=rho, reg_m=reg_m, tau_a=tau_a, tau_b=tau_b,
-                                   penalty=penalty)
+                                   penalty=penalty, reference=reference)
     return _solve_reported(problem, opts, "sinkhorn_from_cost", f_init, g_init)
 
 
