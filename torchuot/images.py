@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,9 +61,10 @@ from .backends.grid import F32_STENCIL_SPAN, GridPairsBackend, hk_stencil
 from .costs import SquaredEuclidean
 from .divergence import debiased_value, hk_setup
 from .penalties import KL, Balanced, Penalty
-from .problem import SinkhornOptions, UOTProblem
+from .problem import SinkhornOptions, UOTProblem, check_policy
 from .progress import progress_bar
-from .sinkhorn import dual_value, epsilon_schedule, solve_potentials
+from .result import ConvergenceWarning
+from .sinkhorn import Potentials, check_convergence, dual_value, epsilon_schedule, solve_potentials
 
 __all__ = [
     "METRICS",
@@ -79,7 +80,6 @@ __all__ = [
 
 METRICS = ("hk", "w2", "euclidean", "sinkhorn_divergence")
 UNITS = ("pixel", "unit")
-_log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- grid and measures
@@ -164,10 +164,15 @@ class _Problem:
 
     def __init__(self, metric: str, shape: tuple[int, int], spacing: float, diameter: float, *,
                  kappa: float, blur: float, reach: float | None, scaling: float, max_iter: int,
-                 tol: float, options: SinkhornOptions | None = None) -> None:
+                 tol: float, options: SinkhornOptions | None = None, policy: str = "warn") -> None:
         self.metric, self.shape, self.spacing, self.diameter = metric, shape, spacing, diameter
         self.max_iter, self.tol = max_iter, tol
-        # Values only, no gradient: the envelope mode; non-convergence is logged per block.
+        # Non-convergence: "raise" at the first block, else counted here and reported once by
+        # report_nonconvergence() (the options' policy, as every solver function).
+        self.policy = check_policy(policy)
+        self.blocks = 0
+        self.unconverged: list[Potentials] = []
+        # Values only, no gradient: the envelope mode.
         base = SinkhornOptions(scaling=scaling, max_iter=max_iter, tol=tol) if options is None else options
         self.options = SinkhornOptions(scaling=scaling, max_iter=max_iter, tol=tol, grad="envelope",
                                        momentum=base.momentum, check_every=base.check_every,
@@ -209,10 +214,27 @@ class _Problem:
         """Entropic ``OT_eps(a_k, b_k)`` for a block: ``(B, P), (B, P) -> (B,)``."""
         prob = self.problem(a, b, symmetric=symmetric)
         s = solve_potentials(prob, self.options)
+        self.blocks += 1
         if not s.converged:
-            _log.warning("pairwise_distances: a block of %d pairs hit max_iter=%d before tol=%g.",
-                         a.shape[0], self.max_iter, self.tol)
+            if self.policy == "raise":
+                check_convergence("raise", [s], f"pairwise_distances (a block of {a.shape[0]} pairs)")
+            self.unconverged.append(s)
         return dual_value(prob.ops, self.pen, self.pen, self.eps, s.f, s.g)
+
+    def report_nonconvergence(self) -> None:
+        """One :class:`~torchuot.result.ConvergenceWarning` for the blocks that did not converge
+        (policy ``"warn"``; ``"raise"`` raised at the first one, ``"ignore"`` says nothing)."""
+        bad = self.unconverged
+        if not bad or self.policy != "warn":
+            return
+        worst = max(max(float(s.residual_a.max()), float(s.residual_b.max())) for s in bad)
+        warnings.warn(
+            f"pairwise_distances: {len(bad)} of {self.blocks} blocks of pairs did not converge (largest "
+            f"relative marginal residual {worst:.3g}, tolerance {bad[0].marginal_tol:.3g}, max_iter="
+            f"{self.max_iter}); their distances may be wrong. Raise max_iter, increase blur, use "
+            "dtype=torch.float64, or pass on_nonconvergence='ignore' to accept them.",
+            ConvergenceWarning, stacklevel=3,
+        )
 
 
 def _batched(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -262,6 +284,7 @@ def pairwise_distances(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     distributed: bool | None = None,
+    on_nonconvergence: str = "warn",
     options: SinkhornOptions | None = None,
 ) -> Tensor:
     """Distance matrix between two sets of images (or within one set).
@@ -298,10 +321,15 @@ def pairwise_distances(
             parts (every rank returns the whole matrix). ``None`` (default): when a process
             group with more than one rank is initialised. ``True`` initialises one from the
             ``torchrun`` environment if needed (nccl on CUDA, else gloo).
-        options: a :class:`~torchuot.SinkhornOptions` instead of ``scaling``, ``max_iter`` and
-            ``tol`` (left at their defaults, or agreeing with it: a conflict raises); its
-            ``momentum`` and ``check_every`` are used too (the checkpoint key covers ``scaling``,
-            ``max_iter`` and ``tol``). Always envelope mode; non-convergence is logged per block.
+        on_nonconvergence: as :func:`torchuot.sinkhorn`, for the blocks of pairs: ``"warn"``
+            (default: one :class:`~torchuot.result.ConvergenceWarning` at the end, counting the
+            blocks that missed their marginal tolerance), ``"raise"`` (a
+            :class:`~torchuot.result.ConvergenceError` at the first such block; the checkpoint
+            keeps the blocks done before it) or ``"ignore"``.
+        options: a :class:`~torchuot.SinkhornOptions` instead of ``scaling``, ``max_iter``,
+            ``tol`` and ``on_nonconvergence`` (left at their defaults, or agreeing with it: a
+            conflict raises); its ``momentum`` and ``check_every`` are used too (the checkpoint
+            key covers all of them). Always envelope mode.
 
     Returns:
         ``(N, M)`` distances on the input's device, in ``dtype``.
@@ -310,8 +338,10 @@ def pairwise_distances(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
     if options is not None:
         options = SinkhornOptions.merge(options, defaults=dict(tol=1e-4), scaling=scaling,
-                                        max_iter=max_iter, tol=tol)
+                                        max_iter=max_iter, tol=tol, on_nonconvergence=on_nonconvergence)
         scaling, max_iter, tol = options.scaling, options.max_iter, options.tol
+        on_nonconvergence = options.on_nonconvergence
+    check_policy(on_nonconvergence)
     dist_ctx = _distributed_context(distributed)
     if device is None and dist_ctx is not None and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -323,16 +353,17 @@ def pairwise_distances(
         D = _euclidean(inp, my_rows)
     else:
         prob = _build_problem(metric, inp, kappa=kappa, blur=blur, reach=reach, scaling=scaling,
-                              max_iter=max_iter, tol=tol, options=options)
+                              max_iter=max_iter, tol=tol, options=options, policy=on_nonconvergence)
         ckpt = checkpoint if dist_ctx is None or checkpoint is None else rank_checkpoint_path(
             checkpoint, dist_ctx.rank, dist_ctx.world)
         key = None if ckpt is None else _config_key(
             inp.wa, inp.wb, inp.one_set, metric, kappa, blur, reach, debias, units, inp.normalize,
-            scaling, max_iter, tol, block_size, inp.rows, dtype,
-            *(() if dist_ctx is None else (tuple(dist_ctx),)))
+            scaling, max_iter, tol, block_size, inp.rows, dtype, _momentum_key(prob.options.momentum),
+            prob.options.check_every, *(() if dist_ctx is None else (tuple(dist_ctx),)))
         show = progress and (dist_ctx is None or dist_ctx.rank == 0)
         D = _solve_all(prob, inp, my_rows, debias=debias, block_size=block_size, checkpoint=ckpt,
                        key=key, dist_ctx=dist_ctx, progress=show)
+        prob.report_nonconvergence()
     if dist_ctx is not None:
         D = _all_reduce_parts(D, dist_ctx)
     return _finish(D, metric, squared).to(inp.out_device)
@@ -378,7 +409,7 @@ def _validate(images_a: object, images_b: object, *, metric: str, normalize: boo
 
 def _build_problem(metric: str, inp: _Inputs, *, kappa: object, blur: object, reach: object,
                    scaling: object, max_iter: int, tol: object,
-                   options: SinkhornOptions | None = None) -> _Problem:
+                   options: SinkhornOptions | None = None, policy: str = "warn") -> _Problem:
     """Check the OT arguments and fix the penalties and eps schedule shared by all blocks."""
     blur = 0.5 * inp.spacing if blur is None else _positive(blur, "blur")
     kappa = _positive(kappa, "kappa")
@@ -393,7 +424,7 @@ def _build_problem(metric: str, inp: _Inputs, *, kappa: object, blur: object, re
     diameter = math.hypot(H - 1, W - 1) * inp.spacing
     return _Problem(metric, inp.shape, inp.spacing, diameter, kappa=kappa, blur=blur,
                     reach=reach, scaling=scaling, max_iter=max_iter, tol=tol,  # type: ignore[arg-type]
-                    options=options)
+                    options=options, policy=policy)
 
 
 def _my_rows(rows: tuple[int, int], dist_ctx: _Dist | None) -> Tensor:
@@ -612,6 +643,14 @@ def rank_checkpoint_path(path: str | os.PathLike, rank: int, world: int) -> Path
 
 
 # ---------------------------------------------------------------------------- resume
+def _momentum_key(momentum: object) -> object:
+    """The momentum setting in a checkpoint key: the flag, or the rule's class and constants."""
+    if isinstance(momentum, bool):
+        return momentum
+    consts = {k: getattr(momentum, k) for k in dir(momentum) if k.isupper()}
+    return type(momentum).__qualname__, sorted(consts.items())
+
+
 def _config_key(wa: Tensor, wb: Tensor, *parts: object) -> str:
     h = hashlib.sha256()
     for w in (wa, wb):
