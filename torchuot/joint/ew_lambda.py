@@ -68,6 +68,8 @@ import torch
 from .._typing import Tensor
 from ..backends.tensorized import safe_log, safe_logsumexp
 from ..penalties import KL, Balanced, Penalty
+from ..problem import check_policy
+from ..result import ConvergenceError, ConvergenceWarning
 from ..sinkhorn import epsilon_schedule
 from .spaces import TargetSpace, custom_space
 
@@ -288,6 +290,7 @@ def chain_sinkhorn(
     max_iter: int = 2000,
     tol: float = 1e-8,
     init: Sequence[Tensor] | None = None,
+    on_nonconvergence: str = "warn",
 ) -> ChainPlan:
     r"""Entropic unbalanced multi-marginal OT with a chain-structured cost, in the log domain.
 
@@ -324,9 +327,14 @@ def chain_sinkhorn(
         eps_start: first eps of the schedule (``eps`` itself disables annealing).
         max_iter: sweep cap. tol: stopping tolerance in units of ``eps``.
         init: optional starting potentials (``K`` tensors); free nodes are reset to 0.
+        on_nonconvergence: when ``max_iter`` sweeps end above ``tol``: ``"warn"`` (default, a
+            :class:`~torchuot.result.ConvergenceWarning`), ``"raise"``
+            (:class:`~torchuot.result.ConvergenceError`) or ``"ignore"``, as every solver of the
+            library; ``ChainPlan.converged`` says it either way.
     Returns:
         A :class:`ChainPlan`.
     """
+    check_policy(on_nonconvergence)
     costs, weights, penalties = _check_chain(costs, weights, penalties)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
@@ -386,13 +394,13 @@ def chain_sinkhorn(
             if n_iters >= len(schedule) and change <= tol * eps:
                 converged = True
                 break
-    if not converged:
-        warnings.warn(
-            f"chain_sinkhorn did not reach tol={tol:g} in max_iter={max_iter} sweeps "
-            f"(last potential change {change:.3g}, eps={eps:g}); increase max_iter or eps.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    if not converged and on_nonconvergence != "ignore":
+        msg = (f"chain_sinkhorn did not reach tol={tol:g} in max_iter={max_iter} sweeps (last potential "
+               f"change {change:.3g}, eps={eps:g}); increase max_iter or eps, or pass "
+               "on_nonconvergence='ignore' to accept it.")
+        if on_nonconvergence == "raise":
+            raise ConvergenceError(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     return ChainPlan(tuple(phi), tuple(costs), tuple(weights), tuple(penalties), float(eps), n_iters,
                      converged)
 
