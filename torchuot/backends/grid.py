@@ -9,8 +9,9 @@ kernel product against the grid kernel -- separable (two 1D log-convolutions) fo
 :func:`torchuot.images.pairwise_distances` (and re-exported there).
 
 It supplies the soft-mins and the weights (``a``, ``b``, ``softmin_x/_y``,
-``softmin_x/_y_autograd``) that the loop and :func:`torchuot.sinkhorn.dual_value` use; it has no
-``plan`` / ``apply`` (a block of pairs has no single plan to return).
+``softmin_x/_y_autograd``) that the loop and :func:`torchuot.sinkhorn.dual_value` use; its
+``plan`` / ``apply`` / ``plan_rows`` / ``transport_cost`` raise :class:`NotImplementedError` (a block
+of pairs has no single plan to return), as OTT-JAX's grid geometry does for what it cannot do.
 """
 
 from __future__ import annotations
@@ -246,6 +247,35 @@ class GridPairsBackend:
     # No cached state that autograd would miss: the same functions serve dual_value.
     softmin_x_autograd = softmin_x
     softmin_y_autograd = softmin_y
+
+    # ------------------------------------------------------------------ the rest of the protocol
+    #: No point clouds: the points are the grid's pixels (:func:`torchuot.images.grid_coordinates`).
+    x = None
+    y = None
+
+    def _no_plan(self, what: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"GridPairsBackend has no {what}: it solves a block of B image pairs on one grid for their "
+            "values and marginals (UOTResult.value, .marginal(axis), .marginal_residuals()). For the plan "
+            "of one pair, solve it as point clouds: torchuot.sinkhorn on "
+            "torchuot.images.images_to_measures(...)."
+        )
+
+    def apply(self, eps: float, f: Tensor, g: Tensor, v: Tensor, axis: int) -> Tensor:
+        """Not available on a grid block (raises :class:`NotImplementedError`)."""
+        raise self._no_plan("apply (plan-vector products)")
+
+    def plan(self, eps: float, f: Tensor, g: Tensor) -> Tensor:
+        """Not available on a grid block (raises :class:`NotImplementedError`)."""
+        raise self._no_plan("dense plan")
+
+    def plan_rows(self, eps: float, f: Tensor, g: Tensor, rows: Tensor) -> Tensor:
+        """Not available on a grid block (raises :class:`NotImplementedError`)."""
+        raise self._no_plan("plan rows")
+
+    def transport_cost(self, eps: float, f: Tensor, g: Tensor) -> Tensor:
+        """Not available on a grid block (raises :class:`NotImplementedError`)."""
+        raise self._no_plan("transport cost <pi, C>")
 
 
 def _finite_max(t: Tensor, dim: int) -> Tensor:
