@@ -14,14 +14,15 @@ import torch
 import torchuot as tu
 
 TIGHT = dict(tol=1e-13, max_iter=100_000)
+F64 = torch.float64
 
 
 def _problem(n: int = 7, m: int = 9, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
-    y = torch.rand(m, 2, generator=g, dtype=torch.float64) * 0.8 + 0.2
-    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
-    b = 2 * torch.rand(m, generator=g, dtype=torch.float64) + 0.1
+    x = torch.rand(n, 2, generator=g, dtype=F64)
+    y = torch.rand(m, 2, generator=g, dtype=F64) * 0.8 + 0.2
+    a = torch.rand(n, generator=g, dtype=F64) + 0.1
+    b = 2 * torch.rand(m, generator=g, dtype=F64) + 0.1
     C = 0.5 * torch.cdist(x, y) ** 2
     return x, y, a, b, C
 
@@ -104,7 +105,7 @@ def test_points_backends_agree_with_the_cost_matrix():
         assert res.backend == backend
         assert float(res.value) == pytest.approx(float(ref.value), rel=1e-9)
         assert torch.allclose(res.marginal(1), ref.marginal(1), rtol=1e-8, atol=1e-14)
-        v = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        v = torch.randn(50, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
         assert torch.allclose(res.apply(v), ref.plan() @ v, rtol=1e-8, atol=1e-12)
         assert float(res.transport_cost()) == pytest.approx(float((ref.plan() * C).sum()), rel=1e-9)
     # the problem object and solve() say the same
@@ -177,3 +178,59 @@ def test_bad_reference_and_ott_value_errors():
         _ = tu.sinkhorn_from_cost(C, a, b, eps=0.1, rho=0.3).value_ott
     with pytest.raises(ValueError, match="reference='counting'"):
         tu.UnbalancedSinkhornLoss(convention="ott")
+
+
+# ------------------------------------------------------------------ OTT-JAX's own test set-ups, ported
+def _ott_fixture(n: int = 17, m: int = 29, dim: int = 4):
+    """OTT's ``TestSinkhorn`` set-up: uniform points in [0, 1]^4, random weights with one zero per
+    side, normalised; OTT's ``SqEuclidean`` is ``|x - y|^2`` (our ``|x - y|^2 / 2`` at ``sqrt(2) x``)."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(n, dim, generator=g, dtype=F64), torch.rand(m, dim, generator=g, dtype=F64)
+    a, b = torch.rand(n, generator=g, dtype=F64), torch.rand(m, generator=g, dtype=F64)
+    a[0], b[3] = 0.0, 0.0
+    return x, y, a / a.sum(), b / b.sum()
+
+
+@pytest.mark.parametrize("tau_a", [1.0, 0.93])
+@pytest.mark.parametrize("tau_b", [1.0, 0.91])
+def test_ott_sinkhorn_test_lse_matches_setup(tau_a, tau_b):
+    """OTT ``sinkhorn_test.py::test_lse_matches`` problems (tau in {1, 0.93} x {1, 0.91}, zero weights):
+    our ``reference="counting"`` solve gives OTT's plan, ``reg_ot_cost``, ``primal_cost`` (<pi, C>) and
+    transported mass."""
+    x, y, a, b = _ott_fixture()
+    eps = 0.1
+    C = torch.cdist(x, y) ** 2
+    P, _, _, reg_ot_cost = _ott_solve(C, a, b, eps, tau_a, tau_b)
+    r2 = 2.0 ** 0.5
+    res = tu.sinkhorn(r2 * x, r2 * y, a, b, eps=eps, rho=(_rho(eps, tau_a), _rho(eps, tau_b)),
+                      reference="counting", **TIGHT)
+    assert res.converged
+    plan = res.plan().numpy()
+    assert np.abs(plan - P).max() <= 1e-11 * P.max()
+    assert float(res.value_ott) == pytest.approx(reg_ot_cost, rel=1e-11)
+    assert float(res.transport_cost()) == pytest.approx(float((P * C.numpy()).sum()), rel=1e-11)
+    assert float(res.transported_mass) == pytest.approx(float(P.sum()), rel=1e-12)
+    assert float(plan[0].sum()) == 0.0 and float(plan[:, 3].sum()) == 0.0
+
+
+def test_ott_sinkhorn_divergence_test_setup_balanced():
+    """OTT ``sinkhorn_divergence_test.py::test_euclidean_point_cloud`` (13 vs 17 points in 4-D,
+    eps 0.05, balanced): OTT's balanced ``reg_ot_cost`` equals our value under either reference, so
+    ``sinkdiv`` equals our ``sinkhorn_divergence``."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("ott")
+    from ott.tools import sinkhorn_divergence as ott_sd
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(13, 4, generator=g, dtype=F64), torch.rand(17, 4, generator=g, dtype=F64)
+    a, b = torch.rand(13, generator=g, dtype=F64), torch.rand(17, generator=g, dtype=F64)
+    a, b = a / a.sum(), b / b.sum()
+    with jax.enable_x64(True):
+        jnp = jax.numpy
+        div, _ = ott_sd.sinkdiv(jnp.asarray(x.numpy()), jnp.asarray(y.numpy()), epsilon=0.05,
+                                a=jnp.asarray(a.numpy()), b=jnp.asarray(b.numpy()),
+                                solve_kwargs={"threshold": 1e-12, "max_iterations": 100_000})
+        div = float(div)
+    r2 = 2.0 ** 0.5
+    ours = tu.sinkhorn_divergence(r2 * x, r2 * y, a, b, eps=0.05, **TIGHT)
+    assert float(ours) == pytest.approx(div, rel=1e-9)
