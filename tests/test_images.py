@@ -244,29 +244,6 @@ def test_bad_images():
         pairwise_distances(torch.full((2, 4, 4), float("nan")))
 
 
-def test_hk_stencil_precision_follows_the_kernel_span():
-    """Small eps (kappa = 5 px, blur = 1 px: stencil costs up to 150 eps) runs the stencil in float64,
-    where float32 sent most soft-mins to the log-domain fallback; kappa = 2 px stays in float32. Both
-    agree with the float64 reference."""
-    from torchuot.images import _Problem
-    from torchuot.sinkhorn import _solve
-
-    g = torch.Generator().manual_seed(3)
-    imgs = torch.rand(3, 12, 12, generator=g) * (torch.rand(3, 12, 12, generator=g) > 0.6)
-    a, b = imgs[[0, 1]].reshape(2, -1), imgs[[1, 2]].reshape(2, -1)
-    for kappa, want in ((2.0, torch.float32), (5.0, torch.float64)):
-        prob = _Problem("hk", (12, 12), 1.0, 16.0, kappa=kappa, blur=1.0, reach=None, scaling=0.5,
-                        max_iter=1000, tol=1e-4)
-        ops = prob.ops(a, b)
-        assert ops.exp_dtype == want
-        with torch.no_grad():
-            _solve(ops, prob.pen, prob.pen, prob.eps_list, 1000, 1e-4, "envelope", symmetric=False)
-        assert ops.n_fallback == 0  # no pair needed the log-domain path
-        v32 = prob.value(a, b)
-        v64 = prob.value(a.double(), b.double())
-        torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-6)
-
-
 @pytest.mark.parametrize("content", [b"", b"\x8b\x07 not a checkpoint \xff" * 40], ids=["empty", "random"])
 def test_corrupt_checkpoint_names_the_path(small_mnist, tmp_path, content):
     ck = tmp_path / "D.pt"
@@ -278,23 +255,20 @@ def test_corrupt_checkpoint_names_the_path(small_mnist, tmp_path, content):
     assert D.shape == (3, 3) and bool(torch.isfinite(D).all())
 
 
-def test_grid_backend_lives_in_backends_and_is_re_exported():
-    from torchuot import images
-    from torchuot.backends import grid
-
-    assert images.GridPairsBackend is grid.GridPairsBackend
-    assert images.hk_stencil is grid.hk_stencil
-
-
 def test_pairwise_hk_uses_hk_distance_conventions():
+    """pairwise_distances(metric="hk") takes eps and rho from hk_setup, as hk_distance does: at a
+    kappa / blur ratio other than the reference tests' its raw values are hk_distance's."""
     from torchuot.divergence import HK_RHO, hk_setup
-    from torchuot.images import _Problem
 
-    prob = _Problem("hk", (8, 8), 1.0, 10.0, kappa=2.0, blur=0.5, reach=None, scaling=0.5,
-                    max_iter=10, tol=1e-3)
     _, eps, rho = hk_setup(2.0, 0.5)
-    assert prob.eps == eps == (0.5 / 2.0) ** 2
-    assert prob.pen.rho == rho == HK_RHO
+    assert eps == (0.5 / 2.0) ** 2 and rho == HK_RHO
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.rand(2, 8, 8, generator=g, dtype=F64) * (torch.rand(2, 8, 8, generator=g, dtype=F64) > 0.5)
+    D = pairwise_distances(imgs, metric="hk", kappa=3.0, blur=0.5, debias=False, squared=True,
+                           dtype=F64, tol=1e-8)
+    x, w = images_to_measures(imgs)
+    ref = torchuot.hk_distance(x, x, w[0], w[1], kappa=3.0, blur=0.5, debias=False, tol=1e-8)
+    assert float(D[0, 1]) == pytest.approx(float(ref), rel=1e-7, abs=1e-7)
 
 
 @pytest.mark.parametrize("distributed", ["yes", 2])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import torchuot as tu
-from torchuot.sinkhorn import _bicgstab
 
 TIGHT = dict(tol=1e-13, max_iter=100_000)
 
@@ -98,16 +97,33 @@ def test_batched_and_cost_matrix():
     assert torch.autograd.gradcheck(loss, (C,), atol=1e-8, rtol=1e-5)
 
 
-def test_bicgstab_solves_a_nonsymmetric_system_and_warns_when_cut_short():
+def test_adjoint_solve_is_exact_on_a_nonsymmetric_system_and_warns_when_cut_short():
+    """The backward pass solves ``(I - J^T) lam = v`` with BiCGSTAB. With unequal sizes and
+    penalties ``J`` is not symmetric; solved to ``tol`` the gradient is the unrolled one. A warm
+    start at converged potentials with ``max_iter=1`` leaves the forward converged but cuts the
+    adjoint solve short: that must warn, and a full budget from the same start must not."""
     g = torch.Generator().manual_seed(0)
-    J = torch.rand(20, 20, generator=g, dtype=torch.float64)
-    J = 0.9 * J / torch.linalg.matrix_norm(J, 2)  # a contraction, like the Sinkhorn map
-    v = torch.randn(20, generator=g, dtype=torch.float64)
-    lam = _bicgstab(lambda u: u - J.T @ u, v, 1e-12, 200)
-    assert torch.allclose(lam, torch.linalg.solve(torch.eye(20, dtype=torch.float64) - J.T, v), atol=1e-10)
-    J_slow = 0.999 * torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))[0]
-    v = torch.randn(50, generator=g, dtype=torch.float64)
+    C = torch.rand(7, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(7, generator=g, dtype=torch.float64) + 0.2
+    b = torch.rand(9, generator=g, dtype=torch.float64) + 0.2
+    W = torch.randn(7, 9, generator=g, dtype=torch.float64)
+
+    def plan_grad(mode, rho, **kw):
+        res = tu.sinkhorn_from_cost(C, a, b, eps=0.1, rho=rho, grad=mode, tol=1e-13, **kw)
+        return torch.autograd.grad((res.plan() * W).sum(), C)[0], res
+
+    g_imp, _ = plan_grad("implicit", (0.5, 2.0), max_iter=100_000)
+    g_unroll, _ = plan_grad("unroll", (0.5, 2.0), max_iter=100_000)
+    assert torch.allclose(g_imp, g_unroll, rtol=1e-9, atol=1e-12)
+
+    g_full, ref = plan_grad("implicit", 10.0, max_iter=100_000)
+    warm = dict(f_init=ref.f.detach(), g_init=ref.g.detach(), on_nonconvergence="ignore")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _bicgstab(lambda u: u - J_slow.T @ u, v, 1e-14, 1)
+        g_short, res = plan_grad("implicit", 10.0, max_iter=1, **warm)
+    assert res.converged and res.n_iters == 1
     assert any("adjoint linear solve" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g_warm, _ = plan_grad("implicit", 10.0, max_iter=100_000, **warm)
+    assert torch.allclose(g_warm, g_full, rtol=1e-9, atol=1e-12)

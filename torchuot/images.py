@@ -57,7 +57,7 @@ from typing import NamedTuple
 import torch
 
 from ._typing import Tensor
-from .backends.grid import F32_STENCIL_SPAN, GridPairsBackend, hk_stencil
+from .backends.grid import GridPairsBackend, hk_stencil, needs_float64_kernel
 from .costs import SquaredEuclidean
 from .divergence import debiased_value, hk_setup
 from .penalties import KL, Balanced, Penalty
@@ -181,30 +181,26 @@ class _Problem:
             cost, self.eps, rho = hk_setup(kappa, blur)  # HK's conventions, as hk_distance
             self.pen: Penalty = KL(rho)
             self.kind, self.kappa = "stencil", kappa
-            # Largest finite cost on the stencil over eps: past F32_STENCIL_SPAN the float32 kernel
-            # spans more than float32's range and most pairs would take the log-domain fallback
-            # (kappa = 5 px, blur = 1 px: 70% of the soft-mins, 15x slower than float64).
-            _, c_off, _ = hk_stencil(kappa, spacing, *shape, torch.float64, "cpu")
-            self.stencil_span = float(c_off.max()) / self.eps
+            # Past F32_STENCIL_SPAN the float32 stencil kernel spans more than float32's range and
+            # most pairs would take the log-domain fallback (kappa = 5 px, blur = 1 px: 70% of the
+            # soft-mins, 15x slower than float64).
+            self.wide = needs_float64_kernel("hk", eps=self.eps, shape=shape, spacing=spacing, kappa=kappa)
         else:
             cost = SquaredEuclidean()
             self.eps = blur ** 2
             self.pen = Balanced() if metric == "w2" else KL(reach ** 2)  # type: ignore[operator]
             self.kind, self.kappa = "separable", None
-            self.stencil_span = math.inf  # the separable kernel always runs in float64
+            self.wide = needs_float64_kernel("sqeuclidean", eps=self.eps, shape=shape)  # always True
         # One schedule for every pair and self term, from the grid's diameter (as the core
         # solver does from the bounding box of the full grid).
         self.eps_list = epsilon_schedule(cost.eps_start(diameter), self.eps, scaling, cost.p)
 
     def problem(self, a: Tensor, b: Tensor, *, symmetric: bool = False) -> UOTProblem:
         """The block's problem ``(B, P), (B, P)`` on the grid."""
-        # float32 lacks the range for the separable W2 kernel (many fallbacks); the HK stencil is
-        # short-range and fine in float32 while its kernel spans a moderate range.
-        wide = self.kind == "separable" or self.stencil_span > F32_STENCIL_SPAN
         return UOTProblem.on_grid(
             a, b, self.shape, cost="hk" if self.kind == "stencil" else "sqeuclidean",
             spacing=self.spacing, kappa=self.kappa, eps=self.eps, penalty=self.pen,
-            symmetric=symmetric, exp_dtype=torch.float64 if wide else a.dtype, diameter=self.diameter,
+            symmetric=symmetric, exp_dtype=torch.float64 if self.wide else a.dtype, diameter=self.diameter,
         )
 
     def ops(self, a: Tensor, b: Tensor) -> GridPairsBackend:

@@ -5,7 +5,8 @@
 matrix: all pairs share one grid cost, so a soft-min of a block of ``B`` pairs is ONE batched
 kernel product against the grid kernel -- separable (two 1D log-convolutions) for
 ``|x - y|^2 / 2``, a truncated stencil for the HK cone cost (infinite past ``kappa * pi / 2``).
-:func:`hk_stencil` lists the stencil's offsets and costs. Used by
+:func:`hk_stencil` lists the stencil's offsets and costs; :func:`needs_float64_kernel` says which
+kernel dtype a grid problem needs. Used by
 :func:`torchuot.images.pairwise_distances` (and re-exported there).
 
 It supplies the soft-mins and the weights (``a``, ``b``, ``softmin_x/_y``,
@@ -24,7 +25,7 @@ import torch
 from .._typing import Tensor
 from .tensorized import safe_log
 
-__all__ = ["GridPairsBackend", "hk_stencil", "F32_STENCIL_SPAN"]
+__all__ = ["GridPairsBackend", "hk_stencil", "needs_float64_kernel", "F32_STENCIL_SPAN"]
 
 # The fast path works in the exp domain: a sum whose value falls below _TINY may have lost terms to
 # underflow (or, on the stencil, been raised by the exp(_FLOOR) floor), so its pair is redone in the
@@ -303,3 +304,31 @@ def hk_stencil(kappa: float, spacing: float, H: int, W: int, dtype, device
     d = torch.tensor(dist, dtype=torch.float64)
     c = -2 * torch.log(torch.cos(d / kappa))
     return offsets, c.to(dtype=dtype, device=device), R
+
+
+def needs_float64_kernel(cost: str, *, eps: float, shape: tuple[int, int], spacing: float = 1.0,
+                         kappa: float | None = None) -> bool:
+    """Whether a grid problem's kernel products need float64 (the ``exp_dtype`` of
+    :meth:`torchuot.UOTProblem.on_grid`) when the weights are float32.
+
+    Always for ``cost="sqeuclidean"``: the separable kernel spans more than float32's range (many
+    pairs would take the log-domain fallback). For ``cost="hk"``, when the largest finite stencil
+    cost over ``eps`` exceeds :data:`F32_STENCIL_SPAN` (``kappa = 5`` px with ``blur = 1`` px does,
+    ``kappa = 2`` px does not); the short-range stencil is otherwise exact and faster in float32.
+
+    Args:
+        cost: ``"sqeuclidean"`` or ``"hk"``, as in :meth:`~torchuot.UOTProblem.on_grid`.
+        eps: entropic regularisation (cost units). shape: the grid ``(H, W)``.
+        spacing: distance between neighbouring pixels. kappa: the HK length scale (``cost="hk"``).
+
+    Returns:
+        ``True`` if the kernel should run in float64 whatever the weights' dtype.
+    """
+    if cost == "sqeuclidean":
+        return True
+    if cost != "hk":
+        raise ValueError(f"cost must be 'sqeuclidean' or 'hk' on a grid, got {cost!r}.")
+    if kappa is None:
+        raise ValueError("cost='hk' needs kappa (the HK length scale, in the grid's units).")
+    _, c_off, _ = hk_stencil(kappa, spacing, *shape, torch.float64, "cpu")
+    return float(c_off.max()) / eps > F32_STENCIL_SPAN
