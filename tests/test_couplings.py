@@ -213,9 +213,20 @@ def test_bad_inputs():
 
 
 def test_underflow_is_never_silent():
-    s = PlanSampler("uot")
+    """A plan that is not finite (float32 costs ~1e36, not normalised, over eps = 1e-3 overflow)
+    raises; with on_failure="warn" it falls back to independent pairs, with a warning."""
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(3, 2, generator=g) * 1e18, torch.randn(4, 2, generator=g) * 1e18
+    kw = dict(normalize_cost=None, eps=1e-3, on_nonconvergence="ignore")
     with pytest.raises(RuntimeError, match="underflow"):
-        s._normalise(torch.zeros(3, 4), 3, 4)
+        PlanSampler("uot", **kw).plan(x0, x1)
+    with pytest.raises(RuntimeError, match="underflow"):
+        PlanSampler("uot", **kw).sample(x0, x1)
+    warn = PlanSampler("uot", on_failure="warn", **kw)
     with pytest.warns(RuntimeWarning, match="Falling back to independent pairs"):
-        P = PlanSampler("uot", on_failure="warn")._normalise(torch.zeros(3, 4), 3, 4)
+        P = warn.plan(x0, x1)
     torch.testing.assert_close(P, torch.full((3, 4), 1 / 12))
+    with pytest.warns(RuntimeWarning, match="Falling back to independent pairs"):
+        pairs = warn.sample(x0, x1, generator=g)
+    torch.testing.assert_close(pairs.weight_a, torch.full((3,), 1 / 3))
+    torch.testing.assert_close(pairs.weight_b, torch.full((4,), 1 / 4))

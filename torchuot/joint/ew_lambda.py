@@ -73,7 +73,7 @@ from ..result import ConvergenceError, ConvergenceWarning
 from ..sinkhorn import epsilon_schedule
 from .spaces import TargetSpace, custom_space
 
-__all__ = ["ChainPlan", "chain_sinkhorn", "EWResult", "ew_lambda_embedding", "gw_linear_cost"]
+__all__ = ["ChainPlan", "chain_sinkhorn", "EWResult", "ew_lambda_embedding", "gw_linear_cost", "log_matmul"]
 
 _DENSE_LIMIT = 10_000_000
 
@@ -215,13 +215,20 @@ def _backward(phi, costs, weights, eps) -> list[Tensor]:
     return beta
 
 
-def _log_matmul(A: Tensor, B: Tensor) -> Tensor:
-    """``log(exp(A) @ exp(B))`` for ``A: (n, m)``, ``B: (m, l)``, stabilised.
+def log_matmul(A: Tensor, B: Tensor) -> Tensor:
+    """``log(exp(A) @ exp(B))``, stabilised: the matrix product in the log domain.
 
     One matrix product with row/column max shifts; entries whose shifted value falls near the
     dtype's underflow (denormal or zero, so imprecise) are recomputed exactly by log-sum-exp
     over ``m``, in chunks. The result is exact to floating-point precision; the product costs
-    ``O(n m l)`` and the recomputation ``O(#flagged * m)``.
+    ``O(n m l)`` and the recomputation ``O(#flagged * m)``. Used by :func:`chain_sinkhorn` to
+    eliminate the chain's free nodes.
+
+    Args:
+        A: ``(n, m)`` log-values (``-inf`` allowed). B: ``(m, l)`` log-values, same dtype.
+
+    Returns:
+        ``(n, l)``: ``out[i, j] = logsumexp_k(A[i, k] + B[k, j])``.
     """
     a = A.amax(1, keepdim=True)
     a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
@@ -273,7 +280,7 @@ def _reduce_chain(costs: list[Tensor], weights: list[Tensor], update: list[int],
     for u, v in zip(update[:-1], update[1:], strict=True):
         L = -costs[u] / e
         for t in range(u + 1, v):
-            L = _log_matmul(L + safe_log(weights[t])[None, :], -costs[t] / e)
+            L = log_matmul(L + safe_log(weights[t])[None, :], -costs[t] / e)
         kernels.append(L)
     return log_w, dangle, kernels
 
