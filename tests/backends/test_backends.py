@@ -231,6 +231,20 @@ def test_auto_choice_by_size():
     assert B.auto_backend_name(big, big, torchuot.costs.make_cost(_callable_cost))[0] == "chunked"
 
 
+def test_backend_is_the_protocol_and_resolve_builds_point_cloud_backends():
+    """torchuot.backends.Backend is the protocol of base.py (the union of the classes that
+    resolve_backend builds is PointCloudBackend); every name and a Multiscale object resolve."""
+    from torchuot.backends.base import Backend
+
+    assert B.Backend is Backend
+    x, y, a, b = _problem(torch.float64, batch=1)  # resolve_backend takes batched (B, N, D) inputs
+    specs = ["auto", "tensorized", "chunked", "multiscale", B.Multiscale(truncate=3.0)]
+    for spec in specs + (["online"] if KEOPS_OK else []):
+        ops = B.resolve_backend(spec, x, y, a, b, SquaredEuclidean())
+        assert isinstance(ops, Backend) and isinstance(ops, B.PointCloudBackend), spec
+        assert isinstance(spec, B.BackendSpec)
+
+
 def test_auto_records_its_choice(monkeypatch):
     x, y, a, b = _problem(torch.float64)
     assert torchuot.sinkhorn(x, y, a, b, reach=0.5).backend == "tensorized"

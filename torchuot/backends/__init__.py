@@ -19,7 +19,9 @@
   unavailable).
 
 ``resolve_backend`` is the one place where a backend is chosen; the choice is recorded in the
-solver's result (``result.backend``).
+solver's result (``result.backend``). :class:`Backend` (``base.py``) is the protocol every backend
+implements; :data:`PointCloudBackend` names the concrete classes ``resolve_backend`` builds and
+:data:`BackendSpec` what it accepts (a name or a :class:`Multiscale` options object).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import warnings
 
 from .._typing import Tensor
 from ..costs import Cost, HKConeCost, PowerCost, SquaredEuclidean
+from .base import Backend
 from .chunked import ChunkedBackend
 from .grid import GridPairsBackend
 from .keops import KeOpsBackend, keops_status
@@ -35,6 +38,9 @@ from .multiscale import Multiscale, MultiscaleBackend, cluster_tools_available
 from .tensorized import TensorizedBackend, safe_log, safe_logsumexp
 
 __all__ = [
+    "Backend",
+    "BackendSpec",
+    "PointCloudBackend",
     "TensorizedBackend",
     "ChunkedBackend",
     "KeOpsBackend",
@@ -59,7 +65,12 @@ AUTO_DENSE_MAX_BYTES = 2**29
 #: ``UOTResult.plan()`` refuses on the online / chunked backends above this many entries.
 PLAN_MAX_ENTRIES = 2**24
 
-Backend = TensorizedBackend | ChunkedBackend | KeOpsBackend | MultiscaleBackend
+#: The point-cloud backends :func:`resolve_backend` builds (each implements :class:`Backend`;
+#: :class:`GridPairsBackend` is built by ``UOTProblem.on_grid`` instead).
+PointCloudBackend = TensorizedBackend | ChunkedBackend | KeOpsBackend | MultiscaleBackend
+
+#: What ``backend=`` accepts: one of :data:`BACKENDS` or a :class:`Multiscale` options object.
+BackendSpec = str | Multiscale
 
 
 def auto_backend_name(x: Tensor, y: Tensor, cost: Cost) -> tuple[str, str]:
@@ -79,7 +90,8 @@ def auto_backend_name(x: Tensor, y: Tensor, cost: Cost) -> tuple[str, str]:
     return ("online", "") if ok else ("chunked", why)
 
 
-def resolve_backend(backend: str, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost) -> Backend:
+def resolve_backend(backend: BackendSpec, x: Tensor, y: Tensor, a: Tensor, b: Tensor, cost: Cost
+                    ) -> PointCloudBackend:
     """Build the backend named by ``backend`` (``"auto"`` picks one) for this problem.
 
     Args:
