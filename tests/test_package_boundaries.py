@@ -38,7 +38,8 @@ def test_models_do_not_import_training():
 
 
 # Private torchuot names that a test still reaches, with the reason; each entry is a debt to pay
-# by a public name or a test through the public API, never a place to add new ones.
+# by a public name or a test through the public API (then delete the entry), never a place to add
+# new ones. A paid entry does not fail the test, so that the change paying it lands on its own.
 PRIVATE_ALLOWED = {
     # The multiscale backend and its tests belong to the scale work (issue 14 left them to it).
     ("tests/backends/test_multiscale.py", "torchuot.backends.multiscale._box_quadratic_max"),
@@ -115,4 +116,3 @@ def test_tests_use_no_private_torchuot_names():
     uses = {(str(path.relative_to(REPO)), name) for path in sorted((REPO / "tests").rglob("*.py"))
             for name in _private_uses(path.read_text())}
     assert not uses - PRIVATE_ALLOWED, sorted(uses - PRIVATE_ALLOWED)
-    assert not PRIVATE_ALLOWED - uses, f"paid debts, remove them: {sorted(PRIVATE_ALLOWED - uses)}"
