@@ -6,8 +6,8 @@ Task: the debiased unbalanced Sinkhorn divergence between two uniform clouds (``
 cube, ``y`` in ``[0.15, 0.95]^D``), blur 0.05 (``eps = 0.0025`` for ``|x-y|^2/2``), reach 0.5,
 float32, forward + backward w.r.t. ``x``. For each run: wall time, peak memory (resident-set
 growth sampled every ms, ``benchmarks/_common.measure``) and the relative error of the value
-against a converged float64 reference, computed once per (N, D) and cached under
-``outputs/bench_scale/`` (torchuot tensorized float64, tol 1e-9, where it fits; the online
+against a converged float64 reference, computed once per (N, D) and kept in
+``results/bench_scale_refs.json`` (committed; torchuot tensorized float64, tol 1e-9, where it fits; the online
 (KeOps) backend at N <= 1e4 else; the multiscale backend with truncate = 10, tol 1e-5 above:
 errors below ~1e-5 are not resolved there).
 
@@ -69,25 +69,42 @@ def dense_fits(n: int, itemsize: int = 4, copies: int = 8) -> bool:
 
 
 # ---------------------------------------------------------------------------- reference
+#: Committed references (small, so they cannot be lost with an output folder): one entry per
+#: ``n{N}_d{D}`` key with ``value``, ``how``, ``seconds`` and, where they apply, notes.
+REFS = Path(__file__).resolve().parent.parent / "results" / "bench_scale_refs.json"
+
+
+def _load_refs() -> dict:
+    return json.loads(REFS.read_text()) if REFS.exists() else {}
+
+
 def reference(n: int, d: int, device: str = "cpu") -> tuple[float, str]:
-    path = OUT / f"ref_n{n}_d{d}.json"
-    if path.exists():
-        r = json.loads(path.read_text())
-        return r["value"], r["how"]
-    x, y = (t.to(device) for t in clouds(n, d, torch.float64))
-    if dense_fits(n, 8, copies=4):
-        how, backend = "tensorized float64 tol 1e-9", "tensorized"
-    elif n <= 10_000 and torchuot.backends.keops_status(torch.float64)[0]:
-        how, backend = "online (KeOps) float64 tol 1e-9", "online"
+    """The float64 reference value of the (N, D) problem: read from :data:`REFS` (or a legacy
+    ``outputs/bench_scale/ref_*.json``), else computed once and added to :data:`REFS`."""
+    key = f"n{n}_d{d}"
+    refs = _load_refs()
+    if key in refs:
+        return refs[key]["value"], refs[key]["how"]
+    legacy = OUT / f"ref_{key}.json"
+    if legacy.exists():
+        r = json.loads(legacy.read_text())
     else:
-        how, backend = "multiscale truncate=10 float64 tol 1e-5", Multiscale(truncate=10.0)
-    t0 = time.perf_counter()
-    tol = 1e-5 if isinstance(backend, Multiscale) else 1e-9
-    v = torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, max_iter=20000, backend=backend)
-    r = {"value": float(v), "how": how, "seconds": time.perf_counter() - t0}
-    OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r))
-    return r["value"], how
+        x, y = (t.to(device) for t in clouds(n, d, torch.float64))
+        if dense_fits(n, 8, copies=4):
+            how, backend = "tensorized float64 tol 1e-9", "tensorized"
+        elif n <= 10_000 and torchuot.backends.keops_status(torch.float64)[0]:
+            how, backend = "online (KeOps) float64 tol 1e-9", "online"
+        else:
+            how, backend = "multiscale truncate=10 float64 tol 1e-5", Multiscale(truncate=10.0)
+        t0 = time.perf_counter()
+        tol = 1e-5 if isinstance(backend, Multiscale) else 1e-9
+        v = torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, max_iter=20000, backend=backend)
+        r = {"value": float(v), "how": how, "seconds": time.perf_counter() - t0,
+             "threads": torch.get_num_threads(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    refs = _load_refs()
+    refs[key] = r
+    REFS.write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    return r["value"], r["how"]
 
 
 # ---------------------------------------------------------------------------- runners

@@ -262,10 +262,16 @@ def test_box_quadratic_bound_holds_and_is_exact_without_slopes():
     assert torch.allclose(_box_quadratic_max(-delta, delta, a + b), 0.5 * delta**2 - 0.5 * gap**2)
 
 
-@pytest.mark.parametrize("cost", ["sqeuclidean", "power1.5"])
-def test_kept_blocks_contain_every_pair_above_the_threshold(cost):
+@pytest.mark.parametrize("cost", ["sqeuclidean", "power1.5", "hk"])
+@pytest.mark.parametrize("first_pass", ["blocks", "super-blocks"])
+def test_kept_blocks_contain_every_pair_above_the_threshold(cost, first_pass, monkeypatch):
     # Brute force: every block pair holding a point pair with u_i + v_j - C_ij >= -thr is kept,
-    # for potentials shaped like Sinkhorn's (smooth, with a displacement) plus noise.
+    # for potentials shaped like Sinkhorn's (smooth, with a displacement) plus noise; the first
+    # pass on super-blocks (large problems) keeps exactly the pairs of the dense one.
+    from torchuot.backends import multiscale as ms
+
+    if first_pass == "super-blocks":
+        monkeypatch.setattr(ms, "SUPER_PASS_PAIRS", 0)
     x, y, a, b = _clouds(900, 700, D=3)
     c = COSTS[cost]
     ops = MultiscaleBackend(x[None], y[None], a[None], b[None], c, eps=0.0025)
@@ -283,3 +289,8 @@ def test_kept_blocks_contain_every_pair_above_the_threshold(cost):
     assert i.numel() > 0
     assert bool(pair.keep[lx[i], ly[j]].all())
     assert pair.kept_fraction < 0.9
+    if first_pass == "super-blocks":  # the same pattern as the dense first pass
+        keep = pair.keep.clone()
+        monkeypatch.setattr(ms, "SUPER_PASS_PAIRS", 2**62)
+        pair.build(c, u, v, thr, False)
+        assert torch.equal(keep, pair.keep)

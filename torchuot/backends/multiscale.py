@@ -26,9 +26,11 @@ scaling (SIAM J. Sci. Comput. 2019). Low dimension (``D <= 3``), built-in costs 
    displacement) with the cost expanded around the boxes' centres. Both hold for every point
    pair, so a dropped pair's kernel entries are below ``exp(-truncate)`` relative to the row's
    (column's) total, for the potentials the test was built on. The pattern is
-   rebuilt whenever ``eps`` changes, once more after :data:`REBUILD_AFTER` soft-mins at the
-   same ``eps`` (the potentials have moved to that ``eps`` by then), and every
-   :data:`REBUILD_EVERY` soft-mins after that. The HK cone cost is
+   rebuilt whenever ``eps`` changes, again after 2, 4, 8 and 16 soft-mins at the same ``eps``
+   (:data:`REBUILD_AT`: the potentials settle at that ``eps`` and the pattern tightens, 0.16 ->
+   0.10 of the pairs at N = 3e4), and every :data:`REBUILD_EVERY` soft-mins after that. On many
+   blocks the test starts on super-blocks (:data:`SUPER_GROUP` consecutive blocks), so that it
+   costs in proportion to the kept pairs rather than to all block pairs. The HK cone cost is
    ``+inf`` beyond ``kappa * pi / 2``: blocks farther apart are exactly zero.
 
 Reductions: KeOps block-sparse ``ranges`` (``pykeops.torch.cluster.from_matrix``) on CUDA when
@@ -69,10 +71,15 @@ DEFAULT_BLOCK_FACTOR = 1.0
 MAX_BLOCKS = 2**13
 #: Average number of points per block at least (smaller blocks cost more than they save).
 MIN_BLOCK_POINTS = 8
-#: Soft-mins at one eps after which the pattern is rebuilt once more.
-REBUILD_AFTER = 3
+#: The soft-mins at one eps that rebuild the pattern (besides the first and every REBUILD_EVERY).
+REBUILD_AT = (2, 4, 8, 16)
 #: ... and then every this many soft-mins (slowly converging problems keep moving).
 REBUILD_EVERY = 32
+#: Blocks per super-block (the truncation test's first, coarse pass: it runs on super-block
+#: pairs, and the block pairs of the surviving super-block pairs are tested one by one).
+SUPER_GROUP = 8
+#: Block pairs above which the test starts on super-blocks (below: one dense pass on blocks).
+SUPER_PASS_PAIRS = 2**21
 #: Entries of one torch tile (group of row blocks x union of their kept column blocks).
 TILE_ENTRIES = 2**18
 #: Largest tile (a group of a few wide blocks is split by rows).
@@ -168,6 +175,13 @@ class _Cloud:
         hi = xs.new_full((K, D), -math.inf).scatter_reduce_(0, lab, xs, "amax", include_self=True)
         self.box_center, self.half_width = (lo + hi) / 2, (hi - lo) / 2
         self.sizes = (self.ranges[:, 1] - self.ranges[:, 0])
+        # Super-blocks: SUPER_GROUP consecutive (Morton-ordered, so compact) blocks, their boxes.
+        self.super_of = torch.arange(K, device=x.device) // SUPER_GROUP
+        n_super = (K + SUPER_GROUP - 1) // SUPER_GROUP
+        sup = self.super_of[:, None].expand(-1, D)
+        slo = lo.new_full((n_super, D), math.inf).scatter_reduce_(0, sup, lo, "amin", include_self=True)
+        shi = hi.new_full((n_super, D), -math.inf).scatter_reduce_(0, sup, hi, "amax", include_self=True)
+        self.super_center, self.super_half = (slo + shi) / 2, (shi - slo) / 2
         clab, self.coarse_side = _grid_labels(x, coarse)
         _, self.coarse_x, _ = cluster_ranges_centroids(x, clab, weights=w)
         self.coarse_w = torch.bincount(clab, weights=w, minlength=self.coarse_x.shape[0]).to(x.dtype)
@@ -177,6 +191,11 @@ class _Cloud:
         hs = torch.nan_to_num(h[self.perm], nan=math.inf)
         out = torch.full((self.centers.shape[0],), -math.inf, dtype=hs.dtype, device=hs.device)
         return out.scatter_reduce_(0, self.labels, hs, "amax", include_self=True)
+
+    def super_max(self, block_max: Tensor) -> Tensor:
+        """``max`` of per-block values ``(K,)`` over each super-block -> ``(ceil(K / SUPER_GROUP),)``."""
+        out = block_max.new_full((self.super_center.shape[0],), -math.inf)
+        return out.scatter_reduce_(0, self.super_of, block_max, "amax", include_self=True)
 
     def block_linear(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """An upper bound of ``h: (n,)`` (caller order) that is affine on each block:
@@ -383,36 +402,12 @@ class _Pair:
         if u is None or v is None:
             keep = torch.ones(Kx, Ky, dtype=torch.bool, device=dev)
         else:
-            keep = torch.empty(Kx, Ky, dtype=torch.bool, device=dev)
+            keep = torch.zeros(Kx, Ky, dtype=torch.bool, device=dev)
             um, vm = cx.block_max(u), cy.block_max(v)
-            rx, ry = cx.half_width.norm(dim=-1), cy.half_width.norm(dim=-1)
             linear = type(cost) is SquaredEuclidean
-            if linear:
-                (U, S), (V, T) = cx.block_linear(u), cy.block_linear(v)
-            step = max(1, 2**22 // max(1, Ky))
-            for i0 in range(0, Kx, step):
-                i1 = min(Kx, i0 + step)
-                # A cheap first pass (balls around the boxes), then the box bounds on its survivors.
-                d = torch.cdist(cx.box_center[i0:i1], cy.box_center)
-                d = (d - rx[i0:i1, None] - ry[None, :]).clamp_min_(0)
-                cand = ~(um[i0:i1, None] + vm[None, :] - _cost_of_distance(cost, d) < -thr)  # NaN keeps
-                I, J = cand.nonzero(as_tuple=True)
-                I0 = I + i0
-                # Per axis on 1-D gathers (the (pairs, D) layout is several times slower here).
-                gap2 = I0.new_zeros(I0.shape, dtype=d.dtype)
-                lin = (U[I0] + V[J]) if linear else None
-                for k in range(cx.box_center.shape[1]):
-                    delta = cx.box_center[:, k][I0] - cy.box_center[:, k][J]
-                    width = cx.half_width[:, k][I0] + cy.half_width[:, k][J]
-                    gap2 += (delta.abs() - width).clamp_min_(0).square_()
-                    if linear:
-                        lin += _box_quadratic_max(S[:, k][I0] - delta, T[:, k][J] + delta, width)
-                        lin -= 0.5 * delta * delta
-                bound = um[I0] + vm[J] - _cost_of_distance(cost, gap2.sqrt_())
-                if linear:
-                    bound = torch.minimum(bound, lin)  # NaN propagates (kept)
-                cand[I, J] = ~(bound < -thr)  # NaN (inf - inf) keeps
-                keep[i0:i1] = cand
+            bounds = (cx.block_linear(u), cy.block_linear(v)) if linear else None
+            for I, J in self._candidates(cost, um, vm, thr):
+                keep[I, J] = self._box_test(cost, um, vm, bounds, thr, I, J)
         self.keep = keep
         self.tiles_x = _Tiles(keep, cx, cy)
         self.tiles_y = self.tiles_x if cx is cy else _Tiles(keep.t(), cy, cx)
@@ -422,6 +417,69 @@ class _Pair:
             self.ranges = tuple(r.int().contiguous() for r in from_matrix(cx.ranges, cy.ranges, keep))
         else:
             self.ranges = None
+
+    def _candidates(self, cost: Cost, um: Tensor, vm: Tensor, thr: float):
+        """Yield ``(I, J)``: block pairs that may pass the test (a superset of the kept ones).
+
+        Few blocks: every pair, less those failing the ball test (``max u + max v - C`` at the
+        distance between the balls around the boxes). Many blocks: the box-gap test on
+        super-block pairs first, then every block pair of the surviving super-block pairs
+        (the test's cost grows with the kept pairs, not with ``Kx * Ky``).
+        """
+        cx, cy = self.cx, self.cy
+        Kx, Ky = cx.centers.shape[0], cy.centers.shape[0]
+        if Kx * Ky <= SUPER_PASS_PAIRS:
+            rx, ry = cx.half_width.norm(dim=-1), cy.half_width.norm(dim=-1)
+            step = max(1, 2**22 // max(1, Ky))
+            for i0 in range(0, Kx, step):
+                i1 = min(Kx, i0 + step)
+                d = torch.cdist(cx.box_center[i0:i1], cy.box_center)
+                d = (d - rx[i0:i1, None] - ry[None, :]).clamp_min_(0)
+                cand = ~(um[i0:i1, None] + vm[None, :] - _cost_of_distance(cost, d) < -thr)  # NaN keeps
+                I, J = cand.nonzero(as_tuple=True)
+                yield I + i0, J
+            return
+        su, sv = cx.super_max(um), cy.super_max(vm)
+        Sy = cy.super_center.shape[0]
+        off = torch.arange(SUPER_GROUP, device=um.device)
+        step = max(1, 2**20 // max(1, Sy))
+        for s0 in range(0, cx.super_center.shape[0], step):
+            s1 = min(cx.super_center.shape[0], s0 + step)
+            gap2 = torch.zeros(s1 - s0, Sy, dtype=um.dtype, device=um.device)
+            for k in range(cx.super_center.shape[1]):
+                delta = cx.super_center[s0:s1, k, None] - cy.super_center[None, :, k]
+                width = cx.super_half[s0:s1, k, None] + cy.super_half[None, :, k]
+                gap2 += (delta.abs_() - width).clamp_min_(0).square_()
+            cand = ~(su[s0:s1, None] + sv[None, :] - _cost_of_distance(cost, gap2.sqrt_()) < -thr)
+            P, Q = cand.nonzero(as_tuple=True)
+            # Every block pair of each surviving super-block pair.
+            I = ((P + s0) * SUPER_GROUP)[:, None, None] + off[None, :, None]
+            J = (Q * SUPER_GROUP)[:, None, None] + off[None, None, :]
+            I, J = I.expand(-1, -1, SUPER_GROUP).reshape(-1), J.expand(-1, SUPER_GROUP, -1).reshape(-1)
+            ok = (I < Kx) & (J < Ky)
+            yield I[ok], J[ok]
+
+    def _box_test(self, cost: Cost, um: Tensor, vm: Tensor, bounds: Any, thr: float, I: Tensor,
+                  J: Tensor) -> Tensor:
+        """Whether the block pairs ``(I, J)`` pass the test (the smaller of the two bounds)."""
+        cx, cy = self.cx, self.cy
+        # Per axis on 1-D gathers (the (pairs, D) layout is several times slower here).
+        gap2 = torch.zeros(I.shape, dtype=um.dtype, device=um.device)
+        lin = None
+        if bounds is not None:
+            (U, S), (V, T) = bounds
+            lin = U[I] + V[J]
+        for k in range(cx.box_center.shape[1]):
+            delta = cx.box_center[:, k][I] - cy.box_center[:, k][J]
+            width = cx.half_width[:, k][I] + cy.half_width[:, k][J]
+            gap2 += (delta.abs() - width).clamp_min_(0).square_()
+            if lin is not None:
+                lin += _box_quadratic_max(S[:, k][I] - delta, T[:, k][J] + delta, width)
+                lin -= 0.5 * delta * delta
+        bound = um[I] + vm[J] - _cost_of_distance(cost, gap2.sqrt_())
+        if lin is not None:
+            bound = torch.minimum(bound, lin)  # NaN propagates (kept)
+        return ~(bound < -thr)  # NaN (inf - inf) keeps
 
     @property
     def kept_fraction(self) -> float:
@@ -596,7 +654,7 @@ class MultiscaleBackend:
             if self._built_eps != eps:
                 self._built_eps, self._calls = None, 0
             self._calls += 1
-        stale = self._built_eps is None or (count and (self._calls == REBUILD_AFTER + 1
+        stale = self._built_eps is None or (count and (self._calls in REBUILD_AT
                                                       or self._calls % REBUILD_EVERY == 0))
         if not stale and self._pairs[0].keep is not None:
             return
