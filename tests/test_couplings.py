@@ -217,7 +217,7 @@ def test_underflow_is_never_silent():
     raises; with on_failure="warn" it falls back to independent pairs, with a warning."""
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(3, 2, generator=g) * 1e18, torch.randn(4, 2, generator=g) * 1e18
-    kw = dict(normalize_cost=None, eps=1e-3, on_nonconvergence="ignore")
+    kw = dict(normalize_cost=None, eps=1e-3, max_iter=5, on_nonconvergence="ignore")
     with pytest.raises(RuntimeError, match="underflow"):
         PlanSampler("uot", **kw).plan(x0, x1)
     with pytest.raises(RuntimeError, match="underflow"):
