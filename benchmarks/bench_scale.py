@@ -161,10 +161,10 @@ def families(n: int, d: int, libs: list[str]) -> dict[str, list[tuple[str, objec
             fam[f"torchuot-{be}"] = [(f"tol={t:g}", ours(be, t)) for t in tols]
         # The multiscale backend's two accuracy knobs: the stopping tolerance and the truncation.
         fam["torchuot-multiscale"] = [(f"tol={t:g}", ours("multiscale", t)) for t in (1.0, 0.3) + tols[1:]]
-        for tr in (5, 3):
+        for tr in (5, 3, 2):
             be = Multiscale(truncate=float(tr))
             fam[f"torchuot-multiscale-t{tr}"] = [(f"tol={t:g},truncate={tr}", ours(be, t))
-                                                 for t in (1.0, 0.3, 1e-1, 1e-2)]
+                                                 for t in (1.0, 0.5, 0.3, 1e-1, 1e-2)]
     if "geomloss" in libs:
         for be in ("multiscale", "online", "tensorized"):
             if be == "tensorized" and not dense_fits(n):
@@ -206,7 +206,7 @@ def sweep(args: argparse.Namespace) -> None:
                     continue
                 for setting, fn in runs:
                     key = (n, d, fam, setting)
-                    if key in done:
+                    if key in done or (args.settings and setting not in args.settings):
                         continue
                     try:
                         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -282,6 +282,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--budget", type=float, default=300.0, help="seconds: a family stops after a slower run")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per setting; the fastest is kept")
+    p.add_argument("--settings", nargs="*", default=[], help="run only these settings, e.g. 'tol=0.5,truncate=3'")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--markdown", default=None, help="also write the table there")
     args = p.parse_args()

@@ -120,6 +120,18 @@ def test_hk_truncation_beyond_the_cone_is_exact():
     assert torch.allclose(res.f, ref.f, rtol=0, atol=1e-9)
 
 
+def test_blocks_follow_the_target_eps_after_the_hk_feasibility_check():
+    # Balanced HK: the feasibility check takes a soft-min at eps = 1 before the solve; the
+    # blocks must still be sized for the target eps (they were 0.5 wide, every pair kept).
+    x, y, a, b = _clouds(700, 500, D=3)
+    cost = HKConeCost(0.5)
+    res = torchuot.sinkhorn(x, y, a, b, cost=cost, blur=0.05, max_iter=8, on_nonconvergence="ignore",
+                            backend=TORCH)
+    fresh = MultiscaleBackend(x[None], y[None], a[None], b[None], cost, eps=res.eps)
+    assert res._ops.block_scale == fresh.block_scale < 0.3
+    assert res._ops.kept_fraction < 0.6
+
+
 def test_divergence_and_gradients_match_exact():
     x, y, a, b = _clouds(500, 400, D=3)
     grads = {}

@@ -399,7 +399,13 @@ class _Pair:
         cx, cy = self.cx, self.cy
         Kx, Ky = cx.centers.shape[0], cy.centers.shape[0]
         dev = cx.centers.device
-        if u is None or v is None:
+        if (u is None or v is None) and isinstance(cost, HKConeCost):
+            # No potentials yet: only the cone's support (+inf cost past kappa * pi / 2) prunes.
+            keep = torch.zeros(Kx, Ky, dtype=torch.bool, device=dev)
+            z_x, z_y = cx.centers.new_zeros(Kx), cy.centers.new_zeros(Ky)
+            for I, J in self._candidates(cost, z_x, z_y, _BIG):
+                keep[I, J] = self._box_test(cost, z_x, z_y, None, _BIG, I, J)
+        elif u is None or v is None:
             keep = torch.ones(Kx, Ky, dtype=torch.bool, device=dev)
         else:
             keep = torch.zeros(Kx, Ky, dtype=torch.bool, device=dev)
@@ -558,6 +564,7 @@ class MultiscaleBackend:
         self.coarse_scale = self.block_scale = math.nan  # set by _setup(eps)
         self.symmetric = x is y
         self._pairs: list[_Pair] = []
+        self._setup_eps: float | None = None
         if eps is not None:
             self._setup(eps)
         self._exact = ChunkedBackend(x, y, a, b, cost)
@@ -580,6 +587,7 @@ class MultiscaleBackend:
         self.coarse_scale, self.block_scale = float(coarse), float(block)
         x, y, a, b = self.x, self.y, self.a, self.b
         self._pairs = []
+        self._setup_eps = eps
         for k in range(x.shape[0]):
             cx = _Cloud(x[k], a[k], block, coarse)
             cy = cx if self.symmetric else _Cloud(y[k], b[k], block, coarse)
@@ -604,7 +612,9 @@ class MultiscaleBackend:
         from ..sinkhorn import sinkhorn_loop  # the one loop (imported here: no import cycle)
 
         eps_list = list(eps_list)
-        if not self._pairs:
+        if not self._pairs or self._setup_eps != eps_list[-1]:
+            # Blocks sized for the solve's target eps, also where an earlier call (the HK
+            # feasibility check's soft-min at eps = 1) clustered for another eps.
             self._setup(eps_list[-1])
         k = 0
         while k < len(eps_list) - 1 and eps_list[k] >= self._coarse_eps():
