@@ -120,6 +120,12 @@ class UOTResult:
         return f, g
 
     @property
+    def ops(self) -> Any:
+        """The backend object that computed the soft-mins (a :class:`~torchuot.backends.base.Backend`;
+        OTT-JAX's ``out.geom``): its lazy accessors take the potentials in batched ``(B, ...)`` form."""
+        return self._ops
+
+    @property
     def a(self) -> Tensor:
         """Source weights ``(B, N)``."""
         return self._out(self._ops.a)

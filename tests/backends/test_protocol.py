@@ -25,7 +25,7 @@ def test_point_backends_satisfy_the_protocol(backend, reference):
     prob = tu.UOTProblem.from_points(x, y, blur=0.1, reach=0.5, backend=backend, reference=reference)
     assert isinstance(prob.ops, Backend)
     res = tu.solve(prob)
-    assert res.backend == backend
+    assert res.backend == backend and res.ops is prob.ops
     members = [m for m in dir(Backend) if not m.startswith("_")]
     missing = [m for m in members if not hasattr(prob.ops, m)]
     assert not missing
