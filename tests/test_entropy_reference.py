@@ -234,3 +234,27 @@ def test_ott_sinkhorn_divergence_test_setup_balanced():
     r2 = 2.0 ** 0.5
     ours = tu.sinkhorn_divergence(r2 * x, r2 * y, a, b, eps=0.05, **TIGHT)
     assert float(ours) == pytest.approx(div, rel=1e-9)
+
+
+def test_multiscale_coarse_start_under_the_counting_reference():
+    """The wrapper passes multiscale's coarse start through (as a warm start); the answer is the
+    counting problem's, to the multiscale backend's default accuracy."""
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.rand(600, 2, generator=g), torch.rand(700, 2, generator=g) * 0.8 + 0.15
+    a, b = torch.rand(600, generator=g) + 0.2, 2 * torch.rand(700, generator=g) + 0.2
+    kw = dict(blur=0.03, reach=0.3, reference="counting")
+    prob = tu.UOTProblem.from_points(x, y, a, b, backend="multiscale", **kw)
+    inner_start, coarse_iters = prob.ops.inner.coarse_start, []
+
+    def recorded(*args, **kwargs):
+        out = inner_start(*args, **kwargs)
+        coarse_iters.append(out[2])
+        return out
+
+    prob.ops.inner.coarse_start = recorded
+    ms = tu.solve(prob, tu.SinkhornOptions(tol=1e-5))
+    assert coarse_iters and coarse_iters[0] > 0  # the annealing began on the centroids
+    dense = tu.sinkhorn(x, y, a, b, backend="tensorized", tol=1e-5, **kw)
+    assert ms.converged and dense.converged
+    assert float(ms.value) == pytest.approx(float(dense.value), rel=1e-4)
+    torch.testing.assert_close(ms.marginal(1), dense.marginal(1), rtol=1e-3, atol=1e-6)

@@ -56,8 +56,11 @@ class CountingReference:
         inner: the backend of the problem's cost (any :class:`~torchuot.backends.base.Backend`).
         eps: the problem's target eps (the shift is fixed; eps annealing runs on the shifted cost).
 
-    The multiscale backend's coarse start (``coarse_start``) is not offered through this wrapper:
-    its coarse problem would need the shift too, so the annealing runs on the points.
+    A backend's coarse start (multiscale's ``coarse_start``) is passed through as a warm start:
+    the inner backend anneals its own (``KL(pi | a x b)``) problem on the coarse centroids, and its
+    potential ``g`` starts the loop at ``g + eps log b``; the stages left and the iterations at the
+    target eps then solve the ``KL(pi | 1)`` problem itself (the marginal check at the end is the
+    usual one).
     """
 
     def __init__(self, inner: Backend, eps: float) -> None:
@@ -76,10 +79,20 @@ class CountingReference:
     log_b = property(lambda self: self.inner.log_b)
 
     def __getattr__(self, item: str) -> Any:
-        # Optional members (``C``, ``release_cache``, ``kept_fraction``, ...), but not the coarse start.
-        if item in ("coarse_start", "inner"):
+        # Optional members of the inner backend (``C``, ``release_cache``, ``kept_fraction``, ...).
+        if item in ("inner", "coarse_start"):  # coarse_start: only if the inner backend has one
+            if item == "coarse_start" and hasattr(self.__dict__.get("inner"), "coarse_start"):
+                return self._coarse_start
             raise AttributeError(item)
         return getattr(self.inner, item)
+
+    def _coarse_start(self, penalty_a: Any, penalty_b: Any, eps_list: Any, *,
+                      symmetric: bool) -> tuple[Tensor, list[float], int]:
+        """The inner coarse start, its potential moved to this problem's variables (``g + v``)."""
+        h, rest, n = self.inner.coarse_start(penalty_a, penalty_b, eps_list, symmetric=symmetric)
+        if n == 0:  # no coarse stage: the loop starts from zero potentials, as without one
+            return h, rest, n
+        return h + (self.u if symmetric else self.v).detach(), rest, n
 
     def softmin_x(self, eps: float, g: Tensor) -> Tensor:
         """``-eps log sum_j b_j exp((g_j - C'_ij)/eps)`` -> ``(B, N)``."""
