@@ -44,7 +44,6 @@ def test_models_do_not_import_training():
 PRIVATE_ALLOWED = {
     # The multiscale backend and its tests belong to the scale work (issue 14 left them to it).
     ("tests/backends/test_multiscale.py", "torchuot.backends.multiscale._box_quadratic_max"),
-    ("tests/backends/test_multiscale.py", "._ops"),  # UOTResult._ops: the backend object
     ("tests/backends/test_multiscale.py", "._pairs"),  # MultiscaleBackend._pairs: its block pairs
 }
 
