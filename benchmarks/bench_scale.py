@@ -98,7 +98,8 @@ def reference(n: int, d: int, device: str = "cpu") -> tuple[float, str]:
             how, backend = "multiscale truncate=10 float64 tol 1e-5", Multiscale(truncate=10.0)
         t0 = time.perf_counter()
         tol = 1e-5 if isinstance(backend, Multiscale) else 1e-9
-        v = torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, max_iter=20000, backend=backend)
+        v = torchuot.sinkhorn_divergence(x, y, blur=BLUR, reach=REACH, tol=tol, max_iter=20000,
+                                         backend=backend)
         r = {"value": float(v), "how": how, "seconds": time.perf_counter() - t0,
              "threads": torch.get_num_threads(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     refs = _load_refs()
@@ -282,7 +283,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--budget", type=float, default=300.0, help="seconds: a family stops after a slower run")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per setting; the fastest is kept")
-    p.add_argument("--settings", nargs="*", default=[], help="run only these settings, e.g. 'tol=0.5,truncate=3'")
+    p.add_argument("--settings", nargs="*", default=[],
+                   help="run only these settings, e.g. 'tol=0.5,truncate=3'")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--markdown", default=None, help="also write the table there")
     args = p.parse_args()
