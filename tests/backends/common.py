@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 import torch
 
@@ -66,3 +70,38 @@ def check_same_result(res, grads, ref, ref_grads, tol):
         assert rel(u, v) <= tol, f"{name}: rel err {rel(u, v):.2e} > {tol}"
     for name, u, v in zip("xyab", grads, ref_grads, strict=True):
         assert rel(u, v) <= tol, f"grad {name}: rel err {rel(u, v):.2e} > {tol}"
+
+
+def rss_bytes() -> int:
+    """This process's resident memory in bytes (Linux ``/proc``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """``with PeakRSS() as m: ...`` then ``m.growth``: the peak resident memory above the start, in
+    bytes, sampled every ``period`` seconds by a thread."""
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period, self.base, self.peak = period, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.period)
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base

@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import pytest
 import torch
@@ -23,7 +21,16 @@ import torchuot
 from torchuot import backends as B
 from torchuot.costs import HKConeCost, PowerCost, SquaredEuclidean
 
-from .common import KEOPS_OK, callable_cost, check_same_result, make_problem, needs_keops, rel, solve_and_grad
+from .common import (
+    KEOPS_OK,
+    PeakRSS,
+    callable_cost,
+    check_same_result,
+    make_problem,
+    needs_keops,
+    rel,
+    solve_and_grad,
+)
 
 COSTS = {
     "sqeuclidean": SquaredEuclidean(),
@@ -270,11 +277,6 @@ def test_bad_backend_arguments():
 
 
 # ------------------------------------------------------------------------ scale (slow)
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.slow
 def test_200k_points_run_without_n_by_m_memory():
     """N = M = 200,000 in D = 3 on CPU: "auto" picks the multiscale backend, which runs to
@@ -285,22 +287,10 @@ def test_200k_points_run_without_n_by_m_memory():
     x = torch.rand(n, 3, generator=g)
     y = torch.rand(n, 3, generator=g) + 0.1
     assert B.auto_backend_name(x[None], y[None], SquaredEuclidean())[0] == "multiscale"
-    base, peak, stop = _rss_bytes(), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.01)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    try:
+    with PeakRSS() as mem:
         # A large blur and max_iter=1 keep it short: one eps stage, one sweep, then the value.
         res = torchuot.sinkhorn(x, y, blur=2.0, reach=1.0, max_iter=1)
         value = float(res.value)
-    finally:
-        stop.set()
-        t.join()
     assert res.backend == "multiscale" and math.isfinite(value)
     assert res.f.shape == (n,) and bool(torch.isfinite(res.f).all())
-    assert peak[0] - base < 2**30, f"peak RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+    assert mem.growth < 2**30, f"peak RSS grew by {mem.growth / 2**20:.0f} MiB"

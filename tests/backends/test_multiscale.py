@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-import time
 
 import pytest
 import torch
@@ -20,6 +18,8 @@ from torchuot import backends as B
 from torchuot.backends import Multiscale, MultiscaleBackend
 from torchuot.backends.base import Backend
 from torchuot.costs import HKConeCost, PowerCost, SquaredEuclidean
+
+from .common import PeakRSS
 
 KEOPS_OK, KEOPS_WHY = B.keops_status(torch.float64)
 needs_keops = pytest.mark.skipif(not KEOPS_OK, reason=f"KeOps unavailable: {KEOPS_WHY}")
@@ -206,34 +206,17 @@ def test_matches_online_at_20k(cost):
     assert _rel(res.value, ref.value) <= 1e-4
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.slow
 def test_million_points_in_bounded_memory():
     """N = M = 1e6, D = 3: runs with a peak RSS growth under 2 GiB (no time assertion)."""
     n = int(os.environ.get("TORCHUOT_MS_TEST_N", 1_000_000))
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g) * 0.8 + 0.15
-    base, peak, stop = _rss_bytes(), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.02)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    try:
+    with PeakRSS(period=0.02) as mem:
         res = torchuot.sinkhorn(x, y, blur=0.05, reach=0.5, tol=1e-1)
         value = float(res.value)
-    finally:
-        stop.set()
-        t.join()
     assert res.backend == "multiscale" and math.isfinite(value)
-    assert peak[0] - base < 2 * 2**30, f"peak RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+    assert mem.growth < 2 * 2**30, f"peak RSS grew by {mem.growth / 2**20:.0f} MiB"
 
 
 def test_gradcheck_of_the_tile_soft_mins():
