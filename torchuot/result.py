@@ -325,9 +325,9 @@ class UOTResult:
                 "reference='counting' (the plans differ from the default reference='product')."
             )
         f, g = self._fg()
-        row, _ = self._marginals()
         with torch.no_grad():
             a, b = ops.a, ops.b
+            row = _marginal(a, f, ops.softmin_x_autograd(self.eps, g), self.eps)  # pi 1: one pass
             fa = torch.where(a > 0, a * self.penalty_a.dual(f - ops.u), torch.zeros_like(a))
             gb = torch.where(b > 0, b * self.penalty_b.dual(g - ops.v), torch.zeros_like(b))
             out = fa.sum(-1) + gb.sum(-1) + self.eps * (a.sum(-1) * b.sum(-1) - row.sum(-1))

@@ -68,6 +68,8 @@ class CountingReference:
         self.eps = float(eps)
         self.u = _shift(self.eps, inner.a)  # (B, N)
         self.v = _shift(self.eps, inner.b)  # (B, M)
+        if hasattr(inner, "coarse_start"):  # an optional member: offered only where the inner has it
+            self.coarse_start = self._coarse_start
 
     # The data members of the protocol are the inner backend's.
     name = property(lambda self: self.inner.name)
@@ -79,10 +81,9 @@ class CountingReference:
     log_b = property(lambda self: self.inner.log_b)
 
     def __getattr__(self, item: str) -> Any:
-        # Optional members of the inner backend (``C``, ``release_cache``, ``kept_fraction``, ...).
-        if item in ("inner", "coarse_start"):  # coarse_start: only if the inner backend has one
-            if item == "coarse_start" and hasattr(self.__dict__.get("inner"), "coarse_start"):
-                return self._coarse_start
+        # Optional members of the inner backend (``C``, ``release_cache``, ``kept_fraction``, ...);
+        # ``coarse_start`` is set in ``__init__`` (shifted), never looked up here.
+        if item in ("inner", "coarse_start"):
             raise AttributeError(item)
         return getattr(self.inner, item)
 
